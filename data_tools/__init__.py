@@ -1,0 +1,1 @@
+"""data_tools: Math Stack Exchange dump -> cleaned corpus -> token files."""
