@@ -1,1 +1,5 @@
-"""tinygrad_llama: a LLaMA-style model on a small NumPy autograd engine."""
+"""tinygrad_llama: a LLaMA-style language model on a small NumPy autograd engine."""
+from .tensor import Tensor, Function, no_grad, is_grad_enabled, matmul, concatenate, stack, where
+from .gradcheck import gradcheck, directional_gradcheck, GradcheckError
+
+__version__ = "0.1.0"
