@@ -12,6 +12,7 @@ import math
 from functools import lru_cache
 
 from .backend import xp
+from .ops import sigmoid_array
 from .tensor import Function, Tensor
 
 
@@ -208,8 +209,7 @@ class SwiGLU(Function):
         x2 = x.reshape(-1, x.shape[-1])                         # (N, D)
         h1 = x2 @ w1.T                                          # (N, F) gate pre-activation
         h3 = x2 @ w3.T                                          # (N, F) value
-        e = xp.exp(-xp.abs(h1))                                 # stable sigmoid
-        s = xp.where(h1 >= 0, 1.0 / (1.0 + e), e / (1.0 + e))   # (N, F) sigmoid(h1)
+        s = sigmoid_array(h1)                                   # (N, F)
         gate = h1 * s                                           # (N, F) silu(h1)
         hidden = gate * h3                                      # (N, F)
         ctx.save_for_backward(x, w1, w2, w3, h1, h3, s, hidden)
