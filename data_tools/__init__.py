@@ -12,10 +12,10 @@ Command line: python -m data_tools --help
 
 import os
 
-from .clean import clean
+from .clean_posts import clean
 from .corpus import DOC_SEPARATOR, iter_documents
 from .errors import DataToolsError
-from .prepare import prepare
+from .pipeline import prepare
 from .tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
 from .tokens import load_meta, load_split, tokenize, write_token_files
 

@@ -3,10 +3,10 @@
 import argparse
 import sys
 
-from .clean import clean
+from .clean_posts import clean
 from .errors import DataToolsError
-from .prepare import prepare
-from .tokens import tokenize
+from .pipeline import prepare
+from .tokens import load_meta, tokenize
 
 _DESCRIPTION = """\
 Turn a Stack Exchange dump into training data for tinygrad_llama.
@@ -140,7 +140,6 @@ def run(args):
         meta = tokenize(args.input, args.output, args.tokenizer, args.vocab_size, **_token_options(args))
         print(f"wrote {args.output}: {_describe_meta(meta)}")
     else:
-        from .tokens import load_meta
         prepare(args.input, args.output, args.tokenizer, args.vocab_size, **_token_options(args),
                 **_clean_options(args))
         print(f"wrote {args.output}: {_describe_meta(load_meta(args.output))}")

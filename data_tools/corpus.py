@@ -56,7 +56,7 @@ def iter_documents(path):
     A file containing DOC_SEPARATOR (a corpus written by `clean`) is split on it, newlines
     trimmed at both ends of every piece. Any other text file is split into blocks at blank lines
     (one document per paragraph-like block). Empty and whitespace-only documents are skipped.
-    Raises DataToolsError for a missing, empty or non-UTF-8 file.
+    Raises DataToolsError for a missing or non-UTF-8 file; an empty file has no documents.
     """
     path = str(path)
     separated = _contains(path, DOC_SEPARATOR.encode())
@@ -87,13 +87,11 @@ def iter_documents(path):
 
 
 def _contains(path, needle):
-    """Whether the file holds `needle`; also checks that the file exists and is not empty."""
+    """Whether the file holds `needle`; also checks that it is an existing file."""
     if not os.path.exists(path):
         raise DataToolsError("no such file", path)
     if os.path.isdir(path):
         raise DataToolsError("is a directory, expected a text file", path)
-    if os.path.getsize(path) == 0:
-        raise DataToolsError("empty file", path)
     overlap = len(needle) - 1
     tail = b""
     with open(path, "rb") as file:
@@ -103,4 +101,4 @@ def _contains(path, needle):
                 return False
             if needle in tail + chunk:
                 return True
-            tail = chunk[-overlap:]
+            tail = (tail + chunk)[-overlap:]

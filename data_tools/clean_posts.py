@@ -1,0 +1,156 @@
+"""The `clean` step: Posts.xml (or .7z) -> corpus text file, one document per thread.
+
+Rows are read by one process and handed in fixed-size chunks to worker processes that turn the HTML
+bodies into text; chunk results are taken back in the order the chunks were sent, so the output is
+the same whatever the number of workers. Cleaned posts go to a temporary SQLite store (answers can
+come anywhere after their question), and once the file is read the threads are written out in
+question order to a temporary file that replaces the output only at the very end.
+"""
+
+import collections
+import multiprocessing
+import os
+import signal
+import sys
+import time
+
+from tqdm import tqdm
+
+from . import corpus
+from .atomic import atomic_output
+from .errors import DataToolsError
+from .html_text import html_to_text
+from .stackexchange import QUESTION, PostsSource, iter_posts
+from .thread_store import ThreadStore
+
+CHUNK_POSTS = 512
+
+CleanStats = collections.namedtuple(
+    "CleanStats", "documents questions answers answers_written input_bytes output_bytes seconds")
+
+
+def clean(input_path, output_path, *, min_score=None, max_answers=None, unanswered=True,
+          limit=None, workers=None, progress=None):
+    """Write the corpus of `input_path` (Posts.xml or .7z) to `output_path`; return CleanStats.
+
+    min_score: drop answers scoring below it (None keeps all).
+    max_answers: keep at most this many answers per question, the best first (None keeps all).
+    unanswered: whether questions left with no answer (after min_score) are written.
+    limit: stop after writing this many documents (the whole file is still read, since answers
+        may appear anywhere after their question).
+    workers: processes cleaning HTML (None: one per CPU; 1: clean in this process).
+    progress: show a progress bar on stderr (None: only when stderr is a terminal).
+    """
+    min_score = _optional_int(min_score, "min_score")
+    max_answers = _optional_int(max_answers, "max_answers", minimum=0)
+    limit = _optional_int(limit, "limit", minimum=0)
+    workers = _optional_int(workers, "workers", minimum=1) or os.cpu_count() or 1
+    started = time.perf_counter()
+    directory = os.path.dirname(os.path.abspath(output_path))
+
+    with atomic_output(output_path) as temp_path, ThreadStore(directory) as store:
+        with PostsSource(input_path) as source:
+            _read_into_store(source, store, workers, progress)
+            input_bytes = source.bytes_read
+        documents = answers_written = 0
+        with open(temp_path, "w", encoding="utf-8", newline="\n") as out:
+            for title, tags, question, answers in store.threads(min_score):
+                if limit is not None and documents >= limit:
+                    break
+                answers = [(score, text) for score, text in answers if text]
+                if max_answers is not None:
+                    answers = answers[:max_answers]
+                if not answers and not unanswered:
+                    continue
+                corpus.write_document(out, corpus.format_document(title, tags, question, answers))
+                documents += 1
+                answers_written += len(answers)
+            output_bytes = out.tell()
+        return CleanStats(documents, store.questions, store.answers, answers_written,
+                          input_bytes, output_bytes, time.perf_counter() - started)
+
+
+def _read_into_store(source, store, workers, progress):
+    bar = tqdm(total=source.total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
+               desc="clean", file=sys.stderr, disable=(None if progress is None else not progress),
+               dynamic_ncols=True)
+    posts_seen = 0
+    shown_bytes = 0
+    cleaned = _clean_chunks_in_order(_chunks(iter_posts(source)), workers)
+    try:
+        for chunk, texts in cleaned:
+            questions = []
+            answers = []
+            for post, text in zip(chunk, texts):
+                if post.kind == QUESTION:
+                    questions.append((post.id, post.title, "\n".join(post.tags), text))
+                else:
+                    answers.append((post.parent_id, post.score, post.id, text))
+            store.add_questions(questions)
+            store.add_answers(answers)
+            posts_seen += len(chunk)
+            bar.update(source.bytes_read - shown_bytes)
+            shown_bytes = source.bytes_read
+            bar.set_postfix(posts=posts_seen, refresh=False)
+    finally:
+        cleaned.close()  # stops the worker pool now, not whenever the generator is collected
+        bar.close()
+
+
+def _chunks(posts):
+    """Fixed-size lists of posts worth cleaning (answers with no ParentId are orphans: skipped)."""
+    chunk = []
+    for post in posts:
+        if post.kind == QUESTION or post.parent_id is not None:
+            chunk.append(post)
+            if len(chunk) == CHUNK_POSTS:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
+
+
+def clean_bodies(bodies):
+    """Worker task: the text of each HTML body."""
+    return [html_to_text(body) for body in bodies]
+
+
+def _clean_chunks_in_order(chunks, workers):
+    """Yield (chunk, cleaned texts) in chunk order, cleaning in `workers` processes.
+
+    At most 2 chunks per worker are in flight, so memory stays bounded however fast reading is.
+    """
+    if workers <= 1:
+        for chunk in chunks:
+            yield chunk, clean_bodies([post.body for post in chunk])
+        return
+    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_ignore_interrupts)
+    try:
+        pending = collections.deque()
+        for chunk in chunks:
+            pending.append((chunk, pool.apply_async(clean_bodies, ([post.body for post in chunk],))))
+            if len(pending) >= 2 * workers:
+                done, result = pending.popleft()
+                yield done, result.get()
+        while pending:
+            done, result = pending.popleft()
+            yield done, result.get()
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _ignore_interrupts():
+    # Ctrl-C reaches the whole process group; only the parent should react (and clean up).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _optional_int(value, name, minimum=None):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DataToolsError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise DataToolsError(f"{name} must be at least {minimum}, got {value}")
+    return value
