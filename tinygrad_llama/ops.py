@@ -162,7 +162,7 @@ class Tanh(Function):
 def sigmoid_array(x):
     """1 / (1 + e^-x) computed as (1 + tanh(x/2)) / 2: the same function, no overflow for large
     |x|, and about ten times faster in NumPy than a two-branch np.where."""
-    s = x * 0.5
+    s = xp.asarray(x * 0.5)  # asarray: for a 0-d x, `x * 0.5` is a NumPy scalar, not a buffer
     xp.tanh(s, out=s)
     s *= 0.5
     s += 0.5

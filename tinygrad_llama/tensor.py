@@ -286,19 +286,23 @@ class Tensor:
 def _reverse_topological_order(root):
     """Nodes that need a gradient, each after every node that consumes it. Iterative, so graphs of
     any depth work (a recursive walk overflows Python's stack at about a thousand ops)."""
-    order, visited = [], {id(root)}
+    # a node is marked visited when it is expanded, not when it is pushed: marking on push lets a
+    # consumer finish before an input that is still waiting on the stack (y + f(y) lost f's share)
+    order, visited = [], set()
     stack = [(root, False)]
     while stack:
         node, inputs_done = stack.pop()
         if inputs_done:
             order.append(node)
             continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
         stack.append((node, True))
         ctx = node._ctx
         if ctx is not None and hasattr(ctx, "parents"):
             for parent in ctx.parents:
                 if parent.requires_grad and id(parent) not in visited:
-                    visited.add(id(parent))
                     stack.append((parent, False))
     order.reverse()
     return order
@@ -352,6 +356,8 @@ def _pair(a, b, symbol):
         a = _as_operand(a, b)
     elif not isinstance(b, Tensor):
         b = _as_operand(b, a)
+    if is_float(a.dtype) != is_float(b.dtype):  # an integer/bool tensor is a constant, like an array
+        a, b = (a, _as_operand(b.data, a)) if is_float(a.dtype) else (_as_operand(a.data, b), b)
     if a.dtype != b.dtype and is_float(a.dtype) and is_float(b.dtype):
         raise TypeError(f"'{symbol}' between {a.dtype} and {b.dtype} tensors: cast one with "
                         ".astype() first (mixing would silently change the precision)")
@@ -377,7 +383,7 @@ def matmul(a, b):
         raise ValueError(f"'@': shapes {a.shape} and {b.shape} do not match "
                          f"({a.shape[-1]} != {b.shape[-2 if b.ndim > 1 else 0]})")
     if a.ndim == 1:
-        return matmul(a.reshape(1, -1), b).reshape(b.shape[:-2] + b.shape[-1:])
+        return matmul(a.reshape(1, -1), b).reshape(b.shape[:-2] + b.shape[-1:] if b.ndim > 1 else ())
     if b.ndim == 1:
         return matmul(a, b.reshape(-1, 1)).reshape(a.shape[:-1])
     try:
