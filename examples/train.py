@@ -108,6 +108,10 @@ def settings_from_args(args, parser):
         parser.error(f"--n-heads {chosen['n_heads']} must be a multiple of --n-kv-heads {chosen['n_kv_heads']}")
     if chosen["lr"] <= 0:
         parser.error(f"--lr must be positive, got {chosen['lr']}")
+    if args.warmup is None:  # the preset's warmup, shortened for a short run
+        chosen["warmup"] = min(chosen["warmup"], chosen["steps"] // 10)
+    elif chosen["warmup"] > chosen["steps"]:
+        parser.error(f"--warmup {chosen['warmup']} is longer than --steps {chosen['steps']}")
     for key in ("warmup", "weight_decay", "grad_clip"):
         if chosen[key] < 0:
             parser.error(f"--{key.replace('_', '-')} must not be negative, got {chosen[key]}")

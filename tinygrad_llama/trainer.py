@@ -53,6 +53,8 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.warmup < 0 or self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("warmup, weight_decay and grad_clip must not be negative")
+        if self.warmup > self.steps:
+            raise ValueError(f"warmup ({self.warmup} steps) must not exceed steps ({self.steps})")
         if self.min_lr is None:
             self.min_lr = 0.1 * self.lr
 
