@@ -77,8 +77,8 @@ class PostsSource:
             raise DataToolsError("DOCTYPE declaration too long or not closed; refusing it", self.path, line)
         if b"<!ENTITY" in head[start:end]:
             raise DataToolsError(
-                "DOCTYPE declares entities; refusing the file (entities are never expanded "
-                "or resolved, so an entity-expansion bomb or external entity cannot be read)",
+                "DOCTYPE declares entities, which a Posts.xml never does; refused (entities are "
+                "never expanded or resolved here)",
                 self.path, line)
 
     def read(self, size=-1):
