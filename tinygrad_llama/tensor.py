@@ -356,15 +356,19 @@ def _pair(a, b, symbol):
         a = _as_operand(a, b)
     elif not isinstance(b, Tensor):
         b = _as_operand(b, a)
-    if is_float(a.dtype) != is_float(b.dtype):  # an integer/bool tensor is a constant, like an array
-        a, b = (a, _as_operand(b.data, a)) if is_float(a.dtype) else (_as_operand(a.data, b), b)
-    if a.dtype != b.dtype and is_float(a.dtype) and is_float(b.dtype):
-        raise TypeError(f"'{symbol}' between {a.dtype} and {b.dtype} tensors: cast one with "
-                        ".astype() first (mixing would silently change the precision)")
-    try:
-        xp.broadcast_shapes(a.shape, b.shape)
-    except ValueError:
-        raise ValueError(f"'{symbol}': shapes {a.shape} and {b.shape} do not broadcast") from None
+    # the checks below cost microseconds each (np.issubdtype, np.broadcast_shapes), more than a
+    # small op itself: run them only when dtypes or shapes differ
+    if a.dtype != b.dtype:
+        if is_float(a.dtype) != is_float(b.dtype):  # an integer/bool tensor is a constant
+            a, b = (a, _as_operand(b.data, a)) if is_float(a.dtype) else (_as_operand(a.data, b), b)
+        if a.dtype != b.dtype and is_float(a.dtype) and is_float(b.dtype):
+            raise TypeError(f"'{symbol}' between {a.dtype} and {b.dtype} tensors: cast one with "
+                            ".astype() first (mixing would silently change the precision)")
+    if a.shape != b.shape:
+        try:
+            xp.broadcast_shapes(a.shape, b.shape)
+        except ValueError:
+            raise ValueError(f"'{symbol}': shapes {a.shape} and {b.shape} do not broadcast") from None
     return a, b
 
 
@@ -386,10 +390,11 @@ def matmul(a, b):
         return matmul(a.reshape(1, -1), b).reshape(b.shape[:-2] + b.shape[-1:] if b.ndim > 1 else ())
     if b.ndim == 1:
         return matmul(a, b.reshape(-1, 1)).reshape(a.shape[:-1])
-    try:
-        xp.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    except ValueError:
-        raise ValueError(f"'@': batch dimensions of shapes {a.shape} and {b.shape} do not broadcast") from None
+    if a.shape[:-2] != b.shape[:-2]:
+        try:
+            xp.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        except ValueError:
+            raise ValueError(f"'@': batch dimensions of shapes {a.shape} and {b.shape} do not broadcast") from None
     return ops.MatMul.apply(a, b)
 
 
