@@ -10,7 +10,7 @@ import numpy as np
 
 import data_tools
 from data_tools import DataToolsError
-from tinygrad_llama import Llama, LlamaConfig
+from tinygrad_llama import LlamaConfig, create_model
 from tinygrad_llama.checkpoint import CheckpointError, load_checkpoint, check_compatible
 
 
@@ -38,7 +38,7 @@ def load_run(run_dir, which):
     if "model_config" not in meta:
         raise CheckpointError(f"{path}: not a training checkpoint (no model_config)")
     config = LlamaConfig.from_dict(meta["model_config"])
-    model = Llama(config, dtype=np.dtype(meta.get("dtype", "float32")))
+    model = create_model(config, dtype=np.dtype(meta.get("dtype", "float32")))
     weights = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}
     try:
         model.load_state_dict(weights)

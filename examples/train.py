@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # examples/plot.
 
 import data_tools  # noqa: E402
 from data_tools import DataToolsError  # noqa: E402
-from tinygrad_llama import Llama, LlamaConfig  # noqa: E402
+from tinygrad_llama import LlamaConfig, create_model  # noqa: E402
 from tinygrad_llama.checkpoint import CheckpointError  # noqa: E402
 from tinygrad_llama.trainer import Trainer, TrainConfig, TrainingError  # noqa: E402
 
@@ -59,6 +59,14 @@ def build_parser():
     g.add_argument("--n-heads", type=int, help="attention heads (dim must be divisible by it)")
     g.add_argument("--n-kv-heads", type=int, help="key/value heads for grouped-query attention")
     g.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="parameter dtype")
+    g = p.add_argument_group("ablations (defaults: the full LLaMA)")
+    g.add_argument("--model", choices=["llama", "baseline"], default="llama",
+                   help="baseline: the source tutorial's embedding-Linear-ReLU-Linear model")
+    g.add_argument("--norm", choices=["rms", "none"], default="rms", help="RMSNorm pre-normalisation or none")
+    g.add_argument("--pos", choices=["rope", "none"], default="rope", help="rotary position embedding or none")
+    g.add_argument("--ffn", choices=["swiglu", "relu"], default="swiglu", help="feed-forward: SwiGLU or a ReLU MLP")
+    g.add_argument("--attention", choices=["causal", "none"], default="causal",
+                   help="causal self-attention, or no attention sub-layer")
     g = p.add_argument_group("training")
     g.add_argument("--context", type=int, help="tokens per training window (max_seq_len)")
     g.add_argument("--batch-size", type=int, help="windows per step")
@@ -164,7 +172,9 @@ def main(argv=None):
         meta = data_tools.load_meta(data_dir)
         model_config = LlamaConfig(vocab_size=int(meta["vocab_size"]), dim=chosen["dim"],
                                    n_layers=chosen["n_layers"], n_heads=chosen["n_heads"],
-                                   n_kv_heads=chosen["n_kv_heads"], max_seq_len=chosen["context"])
+                                   n_kv_heads=chosen["n_kv_heads"], max_seq_len=chosen["context"],
+                                   arch=args.model, norm=args.norm, pos=args.pos, ffn=args.ffn,
+                                   attention=args.attention)
         train_config = TrainConfig(**{k: chosen[k] for k in (
             "steps", "batch_size", "context", "lr", "min_lr", "warmup", "weight_decay", "grad_clip",
             "eval_interval", "eval_batches", "seed")})
@@ -186,7 +196,7 @@ def main(argv=None):
                        "tokenizer_file": "tokenizer.json"}, f, indent=2)
         os.replace(config_path + ".tmp", config_path)
 
-    model = Llama(model_config, dtype=np.dtype(dtype), seed=train_config.seed)
+    model = create_model(model_config, dtype=np.dtype(dtype), seed=train_config.seed)
     print(f"model: {model.num_parameters():,} parameters, dim {model_config.dim}, "
           f"{model_config.n_layers} layers, {model_config.n_heads} heads, context {train_config.context}, "
           f"vocab {model_config.vocab_size}; data: {data_dir} ({len(splits['train']):,} training tokens)")

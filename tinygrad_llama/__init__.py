@@ -3,5 +3,5 @@ from .tensor import Tensor, Function, no_grad, is_grad_enabled, matmul, concaten
 from .gradcheck import gradcheck, directional_gradcheck, GradcheckError
 
 __version__ = "0.1.0"
-from .model import Llama, LlamaConfig, KVCache
+from .model import Llama, LlamaConfig, KVCache, Baseline, create_model
 from . import functional, nn, reference

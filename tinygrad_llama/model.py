@@ -27,10 +27,24 @@ class LlamaConfig:
     norm_eps: float = 1e-5
     max_seq_len: int = 256
     rope_theta: float = 10000.0
+    # ablations (examples/experiments.py): the defaults are LLaMA; each other value removes or
+    # replaces one component, and "baseline" is the source tutorial's embedding-Linear-ReLU-Linear
+    arch: str = "llama"           # llama | baseline
+    norm: str = "rms"             # rms | none
+    pos: str = "rope"             # rope | none
+    ffn: str = "swiglu"           # swiglu | relu (a 4*dim ReLU MLP)
+    attention: str = "causal"     # causal | none (no attention sub-layer at all)
+
+    CHOICES = {"arch": ("llama", "baseline"), "norm": ("rms", "none"), "pos": ("rope", "none"),
+               "ffn": ("swiglu", "relu"), "attention": ("causal", "none")}
 
     def __post_init__(self):
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
+        for name, allowed in self.CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"LlamaConfig: {name} must be one of {', '.join(allowed)}, "
+                                 f"got {getattr(self, name)!r}")
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of", "max_seq_len"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"LlamaConfig: {name} must be a positive integer, got {getattr(self, name)!r}")
@@ -79,7 +93,7 @@ class Attention(Module):
     def __init__(self, config, layer_id, rng, dtype):
         c = config
         self.layer_id, self.n_heads, self.n_kv_heads = layer_id, c.n_heads, c.n_kv_heads
-        self.head_dim, self.rope_theta = c.head_dim, c.rope_theta
+        self.head_dim, self.rope_theta, self.use_rope = c.head_dim, c.rope_theta, c.pos == "rope"
         residual_std = 0.02 / math.sqrt(2 * c.n_layers)  # keeps the residual stream's scale
         self.wq = Linear(c.dim, c.n_heads * c.head_dim, rng, dtype)
         self.wk = Linear(c.dim, c.n_kv_heads * c.head_dim, rng, dtype)
@@ -91,8 +105,9 @@ class Attention(Module):
         q = self.wq(x).reshape(B, T, self.n_heads, self.head_dim)       # (B, T, H, Dh)
         k = self.wk(x).reshape(B, T, self.n_kv_heads, self.head_dim)    # (B, T, Hkv, Dh)
         v = self.wv(x).reshape(B, T, self.n_kv_heads, self.head_dim)    # (B, T, Hkv, Dh)
-        q = F.rope(q, start_pos, self.rope_theta)
-        k = F.rope(k, start_pos, self.rope_theta)
+        if self.use_rope:
+            q = F.rope(q, start_pos, self.rope_theta)
+            k = F.rope(k, start_pos, self.rope_theta)
         q, k, v = (t.permute(0, 2, 1, 3) for t in (q, k, v))            # (B, H, T, Dh)
         if cache is not None:  # generation: no graph, keys and values of earlier positions reused
             end = start_pos + T
@@ -113,24 +128,37 @@ class Attention(Module):
 class FeedForward(Module):
     def __init__(self, config, rng, dtype):
         c = config
-        self.w1 = Linear(c.dim, c.ffn_hidden, rng, dtype)
-        self.w2 = Linear(c.ffn_hidden, c.dim, rng, dtype, std=0.02 / math.sqrt(2 * c.n_layers))
-        self.w3 = Linear(c.dim, c.ffn_hidden, rng, dtype)
+        self.gated = c.ffn == "swiglu"
+        hidden = c.ffn_hidden if self.gated else 4 * c.dim
+        self.w1 = Linear(c.dim, hidden, rng, dtype)
+        self.w2 = Linear(hidden, c.dim, rng, dtype, std=0.02 / math.sqrt(2 * c.n_layers))
+        if self.gated:
+            self.w3 = Linear(c.dim, hidden, rng, dtype)
 
     def forward(self, x):
-        return F.swiglu(x, self.w1.weight, self.w2.weight, self.w3.weight)
+        if self.gated:
+            return F.swiglu(x, self.w1.weight, self.w2.weight, self.w3.weight)
+        return self.w2(self.w1(x).relu())  # the ablation: a plain ReLU MLP
 
 
 class TransformerBlock(Module):
     def __init__(self, config, layer_id, rng, dtype):
-        self.attention = Attention(config, layer_id, rng, dtype)
+        make_norm = lambda: RMSNorm(config.dim, config.norm_eps, dtype) if config.norm == "rms" else None
+        if config.attention == "causal":
+            self.attention = Attention(config, layer_id, rng, dtype)
+            self.attention_norm = make_norm()      # two norms, not one shared
         self.feed_forward = FeedForward(config, rng, dtype)
-        self.attention_norm = RMSNorm(config.dim, config.norm_eps, dtype)  # two norms, not one shared
-        self.ffn_norm = RMSNorm(config.dim, config.norm_eps, dtype)
+        self.ffn_norm = make_norm()
 
     def forward(self, x, start_pos=0, cache=None):
-        h = x + self.attention(self.attention_norm(x), start_pos, cache)  # (B, T, D)
-        return h + self.feed_forward(self.ffn_norm(h))                    # (B, T, D)
+        h = x
+        if hasattr(self, "attention"):
+            h = x + self.attention(_maybe(self.attention_norm, x), start_pos, cache)  # (B, T, D)
+        return h + self.feed_forward(_maybe(self.ffn_norm, h))                       # (B, T, D)
+
+
+def _maybe(norm, x):
+    return x if norm is None else norm(x)
 
 
 class Llama(Module):
@@ -139,7 +167,7 @@ class Llama(Module):
         self.config, self.dtype = config, xp.dtype(dtype)
         self.tok_embeddings = Embedding(config.vocab_size, config.dim, rng, dtype)
         self.layers = [TransformerBlock(config, i, rng, dtype) for i in range(config.n_layers)]
-        self.norm = RMSNorm(config.dim, config.norm_eps, dtype)
+        self.norm = RMSNorm(config.dim, config.norm_eps, dtype) if config.norm == "rms" else None
         self.output = Linear(config.dim, config.vocab_size, rng, dtype)
 
     def forward(self, tokens, start_pos=0, cache=None):
@@ -153,7 +181,7 @@ class Llama(Module):
         h = self.tok_embeddings(tokens)                                   # (B, T, D)
         for layer in self.layers:
             h = layer(h, start_pos, cache)
-        return self.output(self.norm(h))                                  # (B, T, V)
+        return self.output(_maybe(self.norm, h))                          # (B, T, V)
 
     def loss(self, tokens, targets, ignore_index=None):
         return F.cross_entropy(self(tokens), targets, ignore_index)
@@ -192,6 +220,31 @@ class Llama(Module):
         """The prompt followed by `max_new_tokens` sampled tokens, as a list of ids."""
         new = list(self.generate_stream(prompt_ids, max_new_tokens, temperature, top_k, top_p, seed))
         return [int(i) for i in prompt_ids] + new
+
+
+class Baseline(Llama):
+    """The source tutorial's base model: token embedding, Linear, ReLU, Linear. Each prediction
+    sees only its own token (a bigram model), which makes it the floor the LLaMA parts improve on.
+    It shares Llama's loss and generation (the cache is simply unused)."""
+
+    def __init__(self, config, dtype=xp.float32, seed=0):
+        rng = xp.random.default_rng(seed)
+        self.config, self.dtype = config, xp.dtype(dtype)
+        self.tok_embeddings = Embedding(config.vocab_size, config.dim, rng, dtype)
+        self.hidden = Linear(config.dim, config.dim, rng, dtype)
+        self.output = Linear(config.dim, config.vocab_size, rng, dtype)
+
+    def forward(self, tokens, start_pos=0, cache=None):
+        tokens = xp.asarray(tokens.data if isinstance(tokens, Tensor) else tokens)
+        if tokens.ndim != 2:
+            raise ValueError(f"Baseline: tokens must have shape (batch, time), got {tokens.shape}")
+        h = self.tok_embeddings(tokens)                                   # (B, T, D)
+        return self.output(self.hidden(h).relu())                         # (B, T, V)
+
+
+def create_model(config, dtype=xp.float32, seed=0):
+    """Llama, or the Baseline when config.arch == "baseline"."""
+    return (Baseline if config.arch == "baseline" else Llama)(config, dtype=dtype, seed=seed)
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, rng=None):
