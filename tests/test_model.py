@@ -192,7 +192,7 @@ def greedy_without_cache(model, prompt, n):
     for _ in range(n):
         logits = model(np.array([ids[-context:]])).data[0, -1]
         ids.append(int(np.argmax(logits)))
-        context = limit // 2 if context == limit else context + 1
+        context = max(limit // 2, 1) if context == limit else context + 1
     return ids
 
 
@@ -243,6 +243,21 @@ def test_generation_records_no_graph(monkeypatch):
     next(stream)
     stream.close()
     assert is_grad_enabled()
+
+
+def test_stream_does_not_switch_off_gradients_in_the_callers_loop():
+    model = Llama(tiny(), seed=1)
+    x = np.array([[1, 2, 3]])
+    for _ in model.generate_stream([1, 2], 3, temperature=0):
+        assert is_grad_enabled()
+        assert model(x).requires_grad        # e.g. a training step between generated tokens
+
+
+@pytest.mark.parametrize("max_seq_len", [1, 2, 3])
+def test_generation_with_the_shortest_contexts(max_seq_len):
+    model = scaled(Llama(tiny(max_seq_len=max_seq_len), dtype=np.float64, seed=6), 0.4, seed=9)
+    got = model.generate([4, 7], 7, temperature=0)
+    assert got == greedy_without_cache(model, [4, 7], 7)
 
 
 def test_sample_next():

@@ -199,22 +199,28 @@ class Llama(Module):
             raise ValueError(f"generate: temperature must be >= 0, got {temperature}")
         rng = xp.random.default_rng(seed)
         limit = self.config.max_seq_len
-        with no_grad():
-            cache = KVCache(self.config, 1, self.dtype)
-            window = ids[-limit:]
-            logits = self(xp.array([window]), 0, cache).data[0, -1]
-            position = len(window)
-            for _ in range(max_new_tokens):
-                next_id = sample_next(logits, temperature, top_k, top_p, rng)
-                ids.append(next_id)
-                yield next_id
-                if position == limit:  # full: restart the cache from the recent half
-                    window = ids[-(limit // 2):]
-                    logits = self(xp.array([window]), 0, cache).data[0, -1]
-                    position = len(window)
-                else:
-                    logits = self(xp.array([[next_id]]), position, cache).data[0, -1]
-                    position += 1
+        cache = KVCache(self.config, 1, self.dtype)
+
+        def last_logits(window_ids, start_pos):
+            # no_grad only around the forward: a `with` spanning the `yield` below would leave
+            # gradient recording off in the caller's loop body between tokens
+            with no_grad():
+                return self(xp.array([window_ids]), start_pos, cache).data[0, -1]
+
+        window = ids[-limit:]
+        logits = last_logits(window, 0)
+        position = len(window)
+        for _ in range(max_new_tokens):
+            next_id = sample_next(logits, temperature, top_k, top_p, rng)
+            ids.append(next_id)
+            yield next_id
+            if position == limit:  # full: restart the cache from the recent half (>= 1 token)
+                window = ids[-max(limit // 2, 1):]
+                logits = last_logits(window, 0)
+                position = len(window)
+            else:
+                logits = last_logits([next_id], position)
+                position += 1
 
     def generate(self, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None):
         """The prompt followed by `max_new_tokens` sampled tokens, as a list of ids."""
