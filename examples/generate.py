@@ -11,7 +11,7 @@ import numpy as np
 import data_tools
 from data_tools import DataToolsError
 from tinygrad_llama import LlamaConfig, create_model
-from tinygrad_llama.checkpoint import CheckpointError, load_checkpoint, check_compatible
+from tinygrad_llama.checkpoint import CheckpointError, load_checkpoint
 
 
 def build_parser():
@@ -44,9 +44,12 @@ def load_run(run_dir, which):
         model.load_state_dict(weights)
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    tokenizer = data_tools.load_tokenizer(os.path.join(run_dir, "tokenizer.json"))
+    tokenizer_path = os.path.join(run_dir, "tokenizer.json")
+    tokenizer = data_tools.load_tokenizer(tokenizer_path)
     if tokenizer.vocab_size != config.vocab_size:
-        check_compatible({"vocab_size": config.vocab_size}, {"vocab_size": tokenizer.vocab_size})
+        raise CheckpointError(f"{tokenizer_path} has a vocabulary of {tokenizer.vocab_size} tokens, but "
+                              f"{path} was trained with vocab_size={config.vocab_size}: the tokenizer "
+                              "does not belong to this checkpoint")
     return model, tokenizer
 
 

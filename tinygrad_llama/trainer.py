@@ -243,6 +243,11 @@ class Trainer:
         record = {"step": self.step, "train_loss": self.evaluate("train"),
                   "val_loss": self.evaluate("val"), "step_loss": step_loss, "lr": lr,
                   "tokens_per_s": round(tokens_per_s, 1), "elapsed_s": round(elapsed, 3)}
+        for split in ("train", "val"):   # before saving: latest.npz must stay the last good state
+            if not math.isfinite(record[f"{split}_loss"]):
+                raise TrainingError(f"the {split} evaluation loss became {record[f'{split}_loss']} at "
+                                    f"step {self.step}; training stopped, the last good checkpoint "
+                                    f"is {self.path('latest.npz')}")
         if record["val_loss"] < self.best_val_loss:
             self.best_val_loss = record["val_loss"]
             self.save("best")
