@@ -20,7 +20,7 @@ from . import corpus
 from .atomic import atomic_output
 from .errors import DataToolsError
 from .html_text import html_to_text
-from .stackexchange import QUESTION, PostsSource, iter_posts
+from .stackexchange import QUESTION, PostsSource, iter_rows, post_from_row
 from .thread_store import ThreadStore
 
 CHUNK_POSTS = 512
@@ -76,19 +76,12 @@ def _read_into_store(source, store, workers, progress):
                dynamic_ncols=True)
     posts_seen = 0
     shown_bytes = 0
-    cleaned = _clean_chunks_in_order(_chunks(iter_posts(source)), workers)
+    cleaned = _clean_chunks_in_order(_chunks(iter_rows(source)), source.path, workers)
     try:
-        for chunk, texts in cleaned:
-            questions = []
-            answers = []
-            for post, text in zip(chunk, texts):
-                if post.kind == QUESTION:
-                    questions.append((post.id, post.title, "\n".join(post.tags), text))
-                else:
-                    answers.append((post.parent_id, post.score, post.id, text))
+        for rows_in_chunk, questions, answers in cleaned:
             store.add_questions(questions)
             store.add_answers(answers)
-            posts_seen += len(chunk)
+            posts_seen += rows_in_chunk
             bar.update(source.bytes_read - shown_bytes)
             shown_bytes = source.bytes_read
             bar.set_postfix(posts=posts_seen, refresh=False)
@@ -97,44 +90,52 @@ def _read_into_store(source, store, workers, progress):
         bar.close()
 
 
-def _chunks(posts):
-    """Fixed-size lists of posts worth cleaning (answers with no ParentId are orphans: skipped)."""
+def _chunks(rows):
     chunk = []
-    for post in posts:
-        if post.kind == QUESTION or post.parent_id is not None:
-            chunk.append(post)
-            if len(chunk) == CHUNK_POSTS:
-                yield chunk
-                chunk = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == CHUNK_POSTS:
+            yield chunk
+            chunk = []
     if chunk:
         yield chunk
 
 
-def clean_bodies(bodies):
-    """Worker task: the text of each HTML body."""
-    return [html_to_text(body) for body in bodies]
+def clean_rows(rows, path):
+    """Worker task: raw rows (from iter_rows) -> (row count, question rows, answer rows) for the store.
+
+    Question rows are (id, title, tags joined by newlines, text); answer rows are
+    (parent id, score, id, text). Answers without a ParentId are orphans and dropped here.
+    """
+    questions = []
+    answers = []
+    for row in rows:
+        post = post_from_row(row, path)
+        if post.kind == QUESTION:
+            questions.append((post.id, post.title, "\n".join(post.tags), html_to_text(post.body)))
+        elif post.parent_id is not None:
+            answers.append((post.parent_id, post.score, post.id, html_to_text(post.body)))
+    return len(rows), questions, answers
 
 
-def _clean_chunks_in_order(chunks, workers):
-    """Yield (chunk, cleaned texts) in chunk order, cleaning in `workers` processes.
+def _clean_chunks_in_order(chunks, path, workers):
+    """Yield clean_rows() of each chunk in chunk order, computed in `workers` processes.
 
     At most 2 chunks per worker are in flight, so memory stays bounded however fast reading is.
     """
     if workers <= 1:
         for chunk in chunks:
-            yield chunk, clean_bodies([post.body for post in chunk])
+            yield clean_rows(chunk, path)
         return
     pool = multiprocessing.get_context("fork").Pool(workers, initializer=_ignore_interrupts)
     try:
         pending = collections.deque()
         for chunk in chunks:
-            pending.append((chunk, pool.apply_async(clean_bodies, ([post.body for post in chunk],))))
+            pending.append(pool.apply_async(clean_rows, (chunk, path)))
             if len(pending) >= 2 * workers:
-                done, result = pending.popleft()
-                yield done, result.get()
+                yield pending.popleft().get()
         while pending:
-            done, result = pending.popleft()
-            yield done, result.get()
+            yield pending.popleft().get()
         pool.close()
     finally:
         pool.terminate()

@@ -14,6 +14,9 @@ class DataToolsError(Exception):
         self.path = None if path is None else str(path)
         self.line = line
 
+    def __reduce__(self):  # keep path and line when sent back from a worker process
+        return (type(self), (self.message, self.path, self.line))
+
     def __str__(self):
         where = ""
         if self.path is not None:

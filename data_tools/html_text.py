@@ -59,21 +59,13 @@ def html_to_text(html):
 def _blocks_of(element):
     """Render an element's children into a list of blocks (strings without blank edges)."""
     blocks = []
-    inline = []
-
-    def flush():
-        if inline:
-            text = _BLANK_LINE_RUN.sub("\n\n", "".join(inline)).strip()
-            inline.clear()
-            if text:
-                blocks.append(text)
-
-    if element.text:
-        inline.append(element.text)
+    inline = [element.text] if element.text else []
     for child in element:
         tag = child.tag
-        if isinstance(tag, str) and tag in _BLOCKS:
-            flush()
+        if tag in _BLOCKS:  # a comment's tag is a function, never in the set
+            if inline:
+                _add_paragraph(blocks, inline)
+                inline = []
             blocks.extend(_render_block(child))
         else:
             inline.append(_render_inline(child))
@@ -82,8 +74,18 @@ def _blocks_of(element):
             if tag == "br" and tail[0] == "\n":
                 tail = tail[1:]  # "a<br>\nb" is one line break, not a blank line
             inline.append(tail)
-    flush()
+    if inline:
+        _add_paragraph(blocks, inline)
     return blocks
+
+
+def _add_paragraph(blocks, pieces):
+    text = "".join(pieces)
+    if "\n" in text:
+        text = _BLANK_LINE_RUN.sub("\n\n", text)
+    text = text.strip()
+    if text:
+        blocks.append(text)
 
 
 def _render_inline(element):

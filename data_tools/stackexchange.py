@@ -138,8 +138,13 @@ def _doctype_end(head, start):
     return close + 1
 
 
-def iter_posts(source):
-    """Yield a Post for every question and answer row of an open PostsSource, in file order."""
+def iter_rows(source):
+    """Yield the raw attributes of every question and answer row of an open PostsSource.
+
+    Each item is (PostTypeId, Id, ParentId, Score, Title, Tags, Body, line): attribute strings or
+    None as found, untouched so that reading stays cheap; post_from_row() turns one into a Post
+    (the clean step does that in its worker processes).
+    """
     source.check_prolog()
     rows = etree.iterparse(
         source, events=("end",), tag="row",
@@ -153,9 +158,11 @@ def iter_posts(source):
             if not root_checked:
                 _check_root(row.getparent(), path)
                 root_checked = True
-            post_type = row.get("PostTypeId")
+            get = row.get
+            post_type = get("PostTypeId")
             if post_type == "1" or post_type == "2":
-                yield _post_from_row(row, post_type, path)
+                yield (post_type, get("Id"), get("ParentId"), get("Score"), get("Title"), get("Tags"),
+                       get("Body"), row.sourceline)
             row.clear()
             parent = row.getparent()
             while row.getprevious() is not None:
@@ -164,6 +171,12 @@ def iter_posts(source):
         raise DataToolsError(_syntax_message(exc), path, exc.lineno or None) from None
     if not root_checked:
         _check_root(rows.root, path)
+
+
+def iter_posts(source):
+    """Yield a Post for every question and answer row of an open PostsSource, in file order."""
+    for row in iter_rows(source):
+        yield post_from_row(row, source.path)
 
 
 def _check_root(root, path):
@@ -180,19 +193,17 @@ def _syntax_message(exc):
     return f"not a well-formed Posts.xml: {message}"
 
 
-def _post_from_row(row, post_type, path):
-    get = row.get
-    line = row.sourceline
-    post_id = _integer(get("Id"), "Id", path, line)
+def post_from_row(row, path):
+    """A Post from one item of iter_rows; raises DataToolsError for a non-integer number."""
+    post_type, post_id, parent_id, score, title, tags, body, line = row
+    post_id = _integer(post_id, "Id", path, line)
     if post_id is None:
         raise DataToolsError("row without an Id attribute", path, line)
-    score = _integer(get("Score"), "Score", path, line) or 0
-    body = get("Body") or ""
+    score = _integer(score, "Score", path, line) or 0
+    body = body or ""
     if post_type == "1":
-        title = " ".join((get("Title") or "").split())
-        return Post(QUESTION, post_id, None, score, title, parse_tags(get("Tags")), body, line)
-    parent_id = _integer(get("ParentId"), "ParentId", path, line)
-    return Post(ANSWER, post_id, parent_id, score, "", (), body, line)
+        return Post(QUESTION, post_id, None, score, " ".join((title or "").split()), parse_tags(tags), body, line)
+    return Post(ANSWER, post_id, _integer(parent_id, "ParentId", path, line), score, "", (), body, line)
 
 
 def _integer(text, name, path, line):

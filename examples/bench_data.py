@@ -104,7 +104,7 @@ def write_posts_xml(path, size_bytes, seed=0):
 
 _CHILD = """
 import json, resource, sys, time
-from data_tools.clean import clean
+from data_tools import clean
 start = time.perf_counter()
 stats = clean(sys.argv[1], sys.argv[2], workers=int(sys.argv[3]) if sys.argv[3] != "None" else None,
               progress=False)
