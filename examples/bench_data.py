@@ -2,7 +2,7 @@
 
     python examples/bench_data.py                     # 500 MB file, default workers
     python examples/bench_data.py --size-mb 1024      # the 1 GB memory check
-    python examples/bench_data.py --bpe-mb 5          # also time BPE training on 5 MB of corpus
+    python examples/bench_data.py --bpe-mb 5          # also time BPE training on 5 MB of text
 
 The file is generated in a temporary directory (deleted afterwards): rows in Id order, questions
 with titles and both tag formats, answers a random distance after their question, tag-wiki rows,
@@ -14,6 +14,7 @@ worker processes).
 
 import argparse
 import html
+import itertools
 import json
 import os
 import random
@@ -111,7 +112,9 @@ stats = clean(sys.argv[1], sys.argv[2], workers=int(sys.argv[3]) if sys.argv[3] 
 print(json.dumps({"seconds": time.perf_counter() - start, "documents": stats.documents,
                   "input_bytes": stats.input_bytes, "output_bytes": stats.output_bytes,
                   "main_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "largest_worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+                  "largest_worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+                  "main_cpu_seconds": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
+                  "workers_cpu_seconds": sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2])}))
 """
 
 
@@ -121,49 +124,79 @@ def bench_clean(posts_path, corpus_path, workers):
     return json.loads(result.stdout)
 
 
-def bench_bpe(corpus_path, megabytes, vocab_size):
-    from data_tools import BPETokenizer, iter_documents
-    texts, total = [], 0
-    for document in iter_documents(corpus_path):
-        texts.append(document)
-        total += len(document.encode())
-        if total >= megabytes * 1e6:
-            break
+def zipf_text(n_chars, seed=0, lexicon_size=60000):
+    """Text whose word frequencies follow Zipf's law over a large made-up lexicon, with some math.
+
+    The generated Posts.xml repeats a small word list, which would make BPE training look faster
+    than it is on real text; this has the tens of thousands of distinct words real prose has.
+    """
+    rng = random.Random(seed)
+    syllables = [a + b for a in "bcdfghklmnprstvwz" for b in ("a", "e", "i", "o", "u", "ou", "ea", "in", "er")]
+    lexicon = ["".join(rng.choice(syllables) for _ in range(rng.choice((1, 1, 2, 2, 2, 3, 3, 4))))
+               for _ in range(lexicon_size)]
+    cumulative = list(itertools.accumulate(1 / (rank + 1) for rank in range(lexicon_size)))
+    math = ["$x<y$", "$\\frac{a}{b}$", "$\\sum_{k=1}^n k^2$", "$f(x) = x^2 + 1$", "$\\int_0^1 f(t)\\,dt$"]
+    parts = []
+    total = 0
+    while total < n_chars:
+        words = rng.choices(lexicon, cum_weights=cumulative, k=rng.randint(8, 25))
+        words[0] = words[0].capitalize()
+        if rng.random() < 0.3:
+            words.insert(rng.randrange(len(words)), rng.choice(math))
+        sentence = " ".join(words) + rng.choice((".", ".", "?", ",")) + rng.choice((" ", " ", "\n\n"))
+        parts.append(sentence)
+        total += len(sentence)
+    return "".join(parts)
+
+
+def bench_bpe(megabytes, vocab_size):
+    from data_tools import BPETokenizer
+    text = zipf_text(int(megabytes * 1e6))
     start = time.perf_counter()
-    tokenizer = BPETokenizer.train(texts, vocab_size)
-    seconds = time.perf_counter() - start
-    return {"bpe_train_mb": total / 1e6, "bpe_vocab_size": tokenizer.vocab_size, "bpe_train_seconds": seconds}
+    tokenizer = BPETokenizer.train(text, vocab_size)
+    train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    ids = tokenizer.encode(text)
+    encode_seconds = time.perf_counter() - start
+    assert tokenizer.decode(ids) == text
+    return {"bpe_train_mb": len(text.encode()) / 1e6, "bpe_vocab_size": tokenizer.vocab_size,
+            "bpe_train_seconds": train_seconds, "bpe_encode_mb_per_s": len(text.encode()) / 1e6 / encode_seconds,
+            "bpe_chars_per_token": len(text) / len(ids)}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size-mb", type=float, default=500, help="size of the generated Posts.xml (default 500)")
+    parser.add_argument("--size-mb", type=float, default=500, help="size of the generated Posts.xml (default 500; 0 skips clean)")
     parser.add_argument("--workers", type=int, default=None, help="clean --workers (default: one per CPU)")
-    parser.add_argument("--bpe-mb", type=float, default=0, help="also time BPE training on this many MB of corpus")
+    parser.add_argument("--bpe-mb", type=float, default=0, help="also time BPE training on this many MB of text")
     parser.add_argument("--vocab-size", type=int, default=4096, help="BPE vocab size for --bpe-mb (default 4096)")
     parser.add_argument("--dir", default=None, help="where to make the temporary directory")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="bench_data-", dir=args.dir) as tmp:
-        posts = os.path.join(tmp, "Posts.xml")
-        start = time.perf_counter()
-        questions, answers = write_posts_xml(posts, int(args.size_mb * 1e6))
-        size = os.path.getsize(posts)
-        print(f"generated {size / 1e6:.0f} MB Posts.xml ({questions:,} questions, {answers:,} answers) "
-              f"in {time.perf_counter() - start:.0f} s", flush=True)
-        corpus = os.path.join(tmp, "corpus.txt")
-        result = bench_clean(posts, corpus, args.workers)
+    result = {"load_average_before": os.getloadavg()[0]}
+    if args.size_mb > 0:
+        with tempfile.TemporaryDirectory(prefix="bench_data-", dir=args.dir) as tmp:
+            posts = os.path.join(tmp, "Posts.xml")
+            start = time.perf_counter()
+            questions, answers = write_posts_xml(posts, int(args.size_mb * 1e6))
+            size = os.path.getsize(posts)
+            print(f"generated {size / 1e6:.0f} MB Posts.xml ({questions:,} questions, {answers:,} answers) "
+                  f"in {time.perf_counter() - start:.0f} s", flush=True)
+            result.update(bench_clean(posts, os.path.join(tmp, "corpus.txt"), args.workers))
         result["workers"] = args.workers or os.cpu_count()
         result["mb_per_s"] = result["input_bytes"] / 1e6 / result["seconds"]
         print(f"clean: {result['input_bytes'] / 1e6:.0f} MB in {result['seconds']:.1f} s = "
-              f"{result['mb_per_s']:.1f} MB/s with {result['workers']} workers; peak RSS main "
-              f"{result['main_peak_rss_mb']:.0f} MB, largest worker {result['largest_worker_peak_rss_mb']:.0f} MB; "
-              f"{result['documents']:,} documents, {result['output_bytes'] / 1e6:.0f} MB corpus", flush=True)
-        if args.bpe_mb:
-            result.update(bench_bpe(corpus, args.bpe_mb, args.vocab_size))
-            print(f"bpe: trained vocab {result['bpe_vocab_size']} on {result['bpe_train_mb']:.1f} MB of corpus "
-                  f"in {result['bpe_train_seconds']:.1f} s")
-        print(json.dumps(result))
+              f"{result['mb_per_s']:.1f} MB/s with {result['workers']} workers (CPU: main "
+              f"{result['main_cpu_seconds']:.0f} s, workers {result['workers_cpu_seconds']:.0f} s; load average "
+              f"before {result['load_average_before']:.1f}); peak RSS main {result['main_peak_rss_mb']:.0f} MB, "
+              f"largest worker {result['largest_worker_peak_rss_mb']:.0f} MB; {result['documents']:,} documents, "
+              f"{result['output_bytes'] / 1e6:.0f} MB corpus", flush=True)
+    if args.bpe_mb:
+        result.update(bench_bpe(args.bpe_mb, args.vocab_size))
+        print(f"bpe: trained vocab {result['bpe_vocab_size']} on {result['bpe_train_mb']:.1f} MB of Zipf-distributed "
+              f"text in {result['bpe_train_seconds']:.1f} s; encodes {result['bpe_encode_mb_per_s']:.1f} MB/s, "
+              f"{result['bpe_chars_per_token']:.2f} chars/token")
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
