@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 
+from lxml import etree
 from tqdm import tqdm
 
 from . import corpus
@@ -47,6 +48,8 @@ def clean(input_path, output_path, *, min_score=None, max_answers=None, unanswer
     workers = _optional_int(workers, "workers", minimum=1) or os.cpu_count() or 1
     started = time.perf_counter()
     directory = os.path.dirname(os.path.abspath(output_path))
+    if os.path.exists(output_path) and os.path.exists(input_path) and os.path.samefile(input_path, output_path):
+        raise DataToolsError("output would overwrite the input", output_path)
 
     with atomic_output(output_path) as temp_path, ThreadStore(directory) as store:
         with PostsSource(input_path) as source:
@@ -112,10 +115,17 @@ def clean_rows(rows, path):
     for row in rows:
         post = post_from_row(row, path)
         if post.kind == QUESTION:
-            questions.append((post.id, post.title, "\n".join(post.tags), html_to_text(post.body)))
+            questions.append((post.id, post.title, "\n".join(post.tags), _text_of(post, path)))
         elif post.parent_id is not None:
-            answers.append((post.parent_id, post.score, post.id, html_to_text(post.body)))
+            answers.append((post.parent_id, post.score, post.id, _text_of(post, path)))
     return len(rows), questions, answers
+
+
+def _text_of(post, path):
+    try:
+        return html_to_text(post.body)
+    except (ValueError, RecursionError, etree.LxmlError) as exc:
+        raise DataToolsError(f"cannot turn the Body of post {post.id} into text: {exc}", path, post.line) from None
 
 
 def _clean_chunks_in_order(chunks, path, workers):
