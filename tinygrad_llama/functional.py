@@ -13,6 +13,7 @@ from functools import lru_cache
 
 from .backend import xp
 from .ops import sigmoid_array
+from .parallel import run_chunks
 from .tensor import Function, Tensor
 
 
@@ -114,18 +115,34 @@ def rope_tables(seq_len, head_dim, theta, dtype):
     return cos, sin
 
 
+@lru_cache(maxsize=32)
+def rope_rotations(seq_len, head_dim, theta, dtype):
+    """cos + i sin of the same angles as rope_tables, as complex numbers (seq_len, head_dim/2) of
+    the complex dtype that pairs with `dtype` (float32 -> complex64)."""
+    cos, sin = rope_tables(seq_len, head_dim, theta, dtype)
+    rot = xp.empty(cos.shape, dtype=xp.result_type(dtype, xp.complex64))
+    rot.real, rot.imag = cos, sin
+    rot.flags.writeable = False
+    return rot
+
+
+def _as_pairs(x):
+    """x (..., D) viewed as D/2 complex numbers e + i o, one per (even, odd) pair: free for an
+    array whose last axis is contiguous (a copy otherwise)."""
+    if x.strides[-1] != x.itemsize:
+        x = xp.ascontiguousarray(x)
+    return x.view(xp.result_type(x.dtype, xp.complex64))
+
+
 class Rope(Function):
     @staticmethod
     def forward(ctx, x, start_pos, theta):
         B, T, H, D = x.shape
-        cos, sin = rope_tables(start_pos + T, D, theta, x.dtype)
-        cos, sin = cos[start_pos:, None, :], sin[start_pos:, None, :]   # (T, 1, D/2)
-        ctx.save_for_backward(cos, sin)
-        even, odd = x[..., 0::2], x[..., 1::2]                          # (B, T, H, D/2)
-        out = xp.empty_like(x)
-        out[..., 0::2] = even * cos - odd * sin
-        out[..., 1::2] = even * sin + odd * cos
-        return out                                                      # (B, T, H, D)
+        rot = rope_rotations(start_pos + T, D, theta, x.dtype)[start_pos:, None, :]  # (T, 1, D/2)
+        ctx.save_for_backward(rot)
+        # each pair (e, o) as the complex number e + i o, times cos a + i sin a:
+        #   (e cos a - o sin a) + i (e sin a + o cos a), the rotation by a, one complex product
+        return (_as_pairs(x) * rot).view(x.dtype)                      # (B, T, H, D)
 
     @staticmethod
     def backward(ctx, grad):
@@ -133,12 +150,9 @@ class Rope(Function):
         #   [y_e, y_o] = R(a) [e, o] with R(a) = [[cos a, -sin a], [sin a, cos a]].
         # A rotation is linear and orthogonal, so the gradient is rotated back by R(a)^T = R(-a):
         #   de = dy_e cos a + dy_o sin a,   do = -dy_e sin a + dy_o cos a
-        cos, sin = ctx.saved
-        g_even, g_odd = grad[..., 0::2], grad[..., 1::2]
-        dx = xp.empty_like(grad)
-        dx[..., 0::2] = g_even * cos + g_odd * sin
-        dx[..., 1::2] = g_odd * cos - g_even * sin
-        return dx
+        # i.e. the pair (dy_e + i dy_o) times conj(cos a + i sin a) = cos a - i sin a.
+        (rot,) = ctx.saved
+        return (_as_pairs(grad) * rot.conj()).view(grad.dtype)
 
 
 def rope(x, start_pos=0, theta=10000.0):
@@ -160,20 +174,45 @@ def causal_mask(query_len, key_len, dtype):
     return mask
 
 
+def _batch_axis(q):
+    """The axis to split over threads: batch, or heads when there is one sequence (generation)."""
+    return 0 if q.shape[0] > 1 else 1
+
+
+def _transposed_like(shape, dtype):
+    """An array shaped (B, H, T, D) whose memory is laid out as (B, T, H, D): the caller's
+    `permute(0, 2, 1, 3)` back to (B, T, H, D) then gives a contiguous array, so the reshape to
+    (B, T, H*D) that follows is free (no copy)."""
+    B, H, T, D = shape
+    return xp.empty((B, T, H, D), dtype=dtype).transpose(0, 2, 1, 3)
+
+
 class CausalAttention(Function):
     @staticmethod
     def forward(ctx, q, k, v):
         scale = 1.0 / math.sqrt(q.shape[-1])
-        scores = q @ xp.swapaxes(k, -1, -2)                     # (B, H, Tq, Tk)
-        scores *= scale
-        scores += causal_mask(q.shape[-2], k.shape[-2], scores.dtype)
-        scores -= scores.max(axis=-1, keepdims=True)            # softmax, in place
-        xp.exp(scores, out=scores)
-        scores /= scores.sum(axis=-1, keepdims=True)
-        probs = scores                                          # (B, H, Tq, Tk)
+        B, H, Tq, D = q.shape
+        Tk = k.shape[-2]
+        mask = causal_mask(Tq, Tk, q.dtype)
+        probs = xp.empty((B, H, Tq, Tk), dtype=q.dtype)                # (B, H, Tq, Tk)
+        out = _transposed_like(q.shape, q.dtype)                        # (B, H, Tq, D)
+        axis = _batch_axis(q)
+
+        def chunk(start, stop):  # each thread: its own slice of batch (or heads), disjoint
+            sl = (slice(None),) * axis + (slice(start, stop),)
+            scores = probs[sl]
+            xp.matmul(q[sl], xp.swapaxes(k[sl], -1, -2), out=scores)   # q k^T
+            scores *= scale
+            scores += mask
+            scores -= scores.max(axis=-1, keepdims=True)                # softmax, in place
+            xp.exp(scores, out=scores)
+            scores /= scores.sum(axis=-1, keepdims=True)
+            xp.matmul(scores, v[sl], out=out[sl])                       # P v
+
+        run_chunks(chunk, q.shape[axis])
         ctx.scale = scale
-        ctx.save_for_backward(q, k, v, probs)
-        return probs @ v                                        # (B, H, Tq, D)
+        ctx.save_for_backward(q, k, v, probs, out)
+        return out                                                      # (B, H, Tq, D)
 
     @staticmethod
     def backward(ctx, grad):
@@ -182,15 +221,29 @@ class CausalAttention(Function):
         #   dP = dO v^T                           (O is linear in P)
         #   dS = P * (dP - sum_j dP_j P_j)        (softmax backward, per query row;
         #                                          masked entries have P = 0, so dS = 0 there)
+        #   and sum_j dP_ij P_ij = sum_j (dO_i . v_j) P_ij = dO_i . (sum_j P_ij v_j) = dO_i . O_i,
+        #   a sum over D per row instead of over Tk (O was saved by the forward)
         #   dq = scale dS k,  dk = scale dS^T q   (S is bilinear in q and k)
-        q, k, v, probs = ctx.saved
-        dv = xp.swapaxes(probs, -1, -2) @ grad                  # (B, H, Tk, D)
-        d_scores = grad @ xp.swapaxes(v, -1, -2)                # (B, H, Tq, Tk)  dP
-        d_scores -= (d_scores * probs).sum(axis=-1, keepdims=True)
-        d_scores *= probs                                       # now dS
-        d_scores *= ctx.scale
-        dq = d_scores @ k                                       # (B, H, Tq, D)
-        dk = xp.swapaxes(d_scores, -1, -2) @ q                  # (B, H, Tk, D)
+        q, k, v, probs, out = ctx.saved
+        scale = ctx.scale
+        dq = _transposed_like(q.shape, q.dtype)                          # (B, H, Tq, D)
+        dk = _transposed_like(k.shape, k.dtype)                          # (B, H, Tk, D)
+        dv = _transposed_like(v.shape, v.dtype)                          # (B, H, Tk, D)
+        axis = _batch_axis(q)
+
+        def chunk(start, stop):
+            sl = (slice(None),) * axis + (slice(start, stop),)
+            p, g = probs[sl], grad[sl]
+            xp.matmul(xp.swapaxes(p, -1, -2), g, out=dv[sl])             # dv = P^T dO
+            row_dot = (g * out[sl]).sum(axis=-1, keepdims=True)          # dO_i . O_i
+            d_scores = g @ xp.swapaxes(v[sl], -1, -2)                    # dP
+            d_scores -= row_dot
+            d_scores *= p                                                # dS
+            d_scores *= scale                                            # scale dS
+            xp.matmul(d_scores, k[sl], out=dq[sl])                       # dq = scale dS k
+            xp.matmul(xp.swapaxes(d_scores, -1, -2), q[sl], out=dk[sl])  # dk = scale dS^T q
+
+        run_chunks(chunk, q.shape[axis])
         return dq, dk, dv
 
 
@@ -203,16 +256,32 @@ def causal_attention(q, k, v):
 
 
 # ---- SwiGLU feed-forward: W2 (silu(x W1^T) * (x W3^T)) ----------------------------------------
+def _elementwise_rows(n_rows, row_size):
+    """Rows per thread chunk for elementwise work: enough that a chunk outweighs the hand-off."""
+    return max(1, (1 << 16) // max(1, row_size))
+
+
 class SwiGLU(Function):
     @staticmethod
     def forward(ctx, x, w1, w2, w3):
         x2 = x.reshape(-1, x.shape[-1])                         # (N, D)
         h1 = x2 @ w1.T                                          # (N, F) gate pre-activation
         h3 = x2 @ w3.T                                          # (N, F) value
-        s = sigmoid_array(h1)                                   # (N, F)
-        gate = h1 * s                                           # (N, F) silu(h1)
-        hidden = gate * h3                                      # (N, F)
-        ctx.save_for_backward(x, w1, w2, w3, h1, h3, s, hidden)
+        s = xp.empty_like(h1)
+        hidden = xp.empty_like(h1)
+
+        def chunk(start, stop):  # elementwise, rows split over the pool (disjoint slices)
+            a, sr = h1[start:stop], s[start:stop]
+            xp.multiply(a, 0.5, out=sr)                         # s = sigmoid(h1)
+            xp.tanh(sr, out=sr)                                 #   = (1 + tanh(h1/2)) / 2
+            sr *= 0.5                                           #   (as ops.sigmoid_array)
+            sr += 0.5
+            a *= sr                                             # h1 <- gate = silu(h1) = h1 s
+            xp.multiply(a, h3[start:stop], out=hidden[start:stop])  # hidden = gate * h3
+
+        run_chunks(chunk, h1.shape[0], _elementwise_rows(*h1.shape))
+        gate = h1                                               # (N, F), h1's buffer reused
+        ctx.save_for_backward(x, w1, w2, w3, gate, h3, s, hidden)
         return (hidden @ w2.T).reshape(x.shape)                 # (..., D)
 
     @staticmethod
@@ -220,19 +289,34 @@ class SwiGLU(Function):
         # forward: a = silu(h1) * h3 with h1 = x W1^T, h3 = x W3^T, then y = a W2^T. So
         #   dW2 = dy^T a,  da = dy W2                                  (as in Linear)
         #   dh3 = da * silu(h1),  dh1 = da * h3 * silu'(h1)
-        #   silu(h) = h s(h)  =>  silu'(h) = s + h s (1 - s)
+        #   silu(h) = h s(h)  =>  silu'(h) = s + h s (1 - s) = s + silu(h) (1 - s)
+        #   (the forward saved s and gate = silu(h1), so h1 itself is not needed)
         #   dW1 = dh1^T x,  dW3 = dh3^T x,  dx = dh1 W1 + dh3 W3
-        x, w1, w2, w3, h1, h3, s, hidden = ctx.saved
+        x, w1, w2, w3, gate, h3, s, hidden = ctx.saved
         x2 = x.reshape(-1, x.shape[-1])                         # (N, D)
         g2 = grad.reshape(-1, grad.shape[-1])                   # (N, D)
         dw2 = g2.T @ hidden                                     # (D, F)
-        d_hidden = g2 @ w2                                      # (N, F)
-        dh3 = d_hidden * (h1 * s)                               # (N, F)
-        dh1 = d_hidden * h3
-        dh1 *= s * (1.0 + h1 * (1.0 - s))                       # (N, F)
+        d_hidden = g2 @ w2                                      # (N, F), becomes dh1 below
+        dh3 = xp.empty_like(d_hidden)
+
+        def chunk(start, stop):
+            da, gr, sr = d_hidden[start:stop], gate[start:stop], s[start:stop]
+            xp.multiply(da, gr, out=dh3[start:stop])            # dh3 = da * silu(h1)
+            d_silu = gr * sr                                    # silu'(h1) = s + gate - gate s
+            xp.subtract(gr, d_silu, out=d_silu)
+            d_silu += sr
+            da *= h3[start:stop]                                # dh1 = da * h3 * silu'(h1)
+            da *= d_silu
+
+        run_chunks(chunk, d_hidden.shape[0], _elementwise_rows(*d_hidden.shape))
+        dh1 = d_hidden                                          # (N, F)
         dw1 = dh1.T @ x2                                        # (F, D)
         dw3 = dh3.T @ x2                                        # (F, D)
-        dx = (dh1 @ w1 + dh3 @ w3).reshape(x.shape) if ctx.needs_input_grad[0] else None
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = dh1 @ w1                                       # (N, D)
+            dx += dh3 @ w3
+            dx = dx.reshape(x.shape)
         return dx, dw1, dw2, dw3
 
 
