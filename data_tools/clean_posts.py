@@ -8,9 +8,8 @@ question order to a temporary file that replaces the output only at the very end
 """
 
 import collections
-import multiprocessing
+import functools
 import os
-import signal
 import sys
 import time
 
@@ -21,6 +20,7 @@ from . import corpus
 from .atomic import atomic_output
 from .errors import DataToolsError
 from .html_text import html_to_text
+from .parallel import ordered_map
 from .stackexchange import QUESTION, PostsSource, iter_rows, post_from_row
 from .thread_store import ThreadStore
 
@@ -79,7 +79,7 @@ def _read_into_store(source, store, workers, progress):
                dynamic_ncols=True)
     posts_seen = 0
     shown_bytes = 0
-    cleaned = _clean_chunks_in_order(_chunks(iter_rows(source)), source.path, workers)
+    cleaned = ordered_map(functools.partial(clean_rows, path=source.path), _chunks(iter_rows(source)), workers)
     try:
         for rows_in_chunk, questions, answers in cleaned:
             store.add_questions(questions)
@@ -126,35 +126,6 @@ def _text_of(post, path):
         return html_to_text(post.body)
     except (ValueError, RecursionError, etree.LxmlError) as exc:
         raise DataToolsError(f"cannot turn the Body of post {post.id} into text: {exc}", path, post.line) from None
-
-
-def _clean_chunks_in_order(chunks, path, workers):
-    """Yield clean_rows() of each chunk in chunk order, computed in `workers` processes.
-
-    At most 2 chunks per worker are in flight, so memory stays bounded however fast reading is.
-    """
-    if workers <= 1:
-        for chunk in chunks:
-            yield clean_rows(chunk, path)
-        return
-    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_ignore_interrupts)
-    try:
-        pending = collections.deque()
-        for chunk in chunks:
-            pending.append(pool.apply_async(clean_rows, (chunk, path)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
-        pool.close()
-    finally:
-        pool.terminate()
-        pool.join()
-
-
-def _ignore_interrupts():
-    # Ctrl-C reaches the whole process group; only the parent should react (and clean up).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _optional_int(value, name, minimum=None):

@@ -59,8 +59,13 @@ def _add_clean_options(parser):
                        help="write questions left without answers (default: yes)")
     group.add_argument("--limit", type=int, metavar="N",
                        help="write at most N documents (the whole input is still read)")
+
+
+def _add_run_options(parser):
+    group = parser.add_argument_group("run options")
     group.add_argument("--workers", type=int, metavar="N",
-                       help="processes cleaning HTML (default: one per CPU; 1: no extra process)")
+                       help="worker processes cleaning HTML / encoding documents (default: one per CPU; "
+                            "1: no extra process); the output does not depend on it")
     group.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                        help="progress bar on stderr (default: when stderr is a terminal)")
 
@@ -93,6 +98,7 @@ def build_parser():
     clean_parser.add_argument("input", metavar="INPUT", help="Posts.xml or an archive .7z holding it")
     clean_parser.add_argument("-o", "--output", required=True, metavar="CORPUS", help="corpus file to write")
     _add_clean_options(clean_parser)
+    _add_run_options(clean_parser)
 
     tokenize_parser = commands.add_parser(
         "tokenize", help="corpus text -> data directory", description="Corpus text -> data directory.",
@@ -100,6 +106,7 @@ def build_parser():
     tokenize_parser.add_argument("input", metavar="CORPUS", help="corpus file (or any UTF-8 text file)")
     tokenize_parser.add_argument("-o", "--output", required=True, metavar="DATA_DIR", help="data directory to write")
     _add_tokenize_options(tokenize_parser)
+    _add_run_options(tokenize_parser)
 
     prepare_parser = commands.add_parser(
         "prepare", help="clean + tokenize -> data directory",
@@ -110,17 +117,22 @@ def build_parser():
     prepare_parser.add_argument("-o", "--output", required=True, metavar="DATA_DIR", help="data directory to write")
     _add_clean_options(prepare_parser)
     _add_tokenize_options(prepare_parser)
+    _add_run_options(prepare_parser)
     return parser
 
 
 def _clean_options(args):
     return dict(min_score=args.min_score, max_answers=args.max_answers, unanswered=args.unanswered,
-                limit=args.limit, workers=args.workers, progress=args.progress)
+                limit=args.limit)
 
 
 def _token_options(args):
     return dict(train_chars=args.train_chars, val_fraction=args.val_fraction,
                 test_fraction=args.test_fraction)
+
+
+def _run_options(args):
+    return dict(workers=args.workers, progress=args.progress)
 
 
 def _describe_meta(meta):
@@ -131,17 +143,18 @@ def _describe_meta(meta):
 
 def run(args):
     if args.command == "clean":
-        stats = clean(args.input, args.output, **_clean_options(args))
+        stats = clean(args.input, args.output, **_clean_options(args), **_run_options(args))
         megabytes = stats.input_bytes / 1e6
         print(f"wrote {args.output}: {stats.documents:,} documents, {stats.answers_written:,} answers "
               f"({stats.questions:,} questions and {stats.answers:,} answers read) from "
               f"{megabytes:.1f} MB in {stats.seconds:.1f} s ({megabytes / max(stats.seconds, 1e-9):.1f} MB/s)")
     elif args.command == "tokenize":
-        meta = tokenize(args.input, args.output, args.tokenizer, args.vocab_size, **_token_options(args))
+        meta = tokenize(args.input, args.output, args.tokenizer, args.vocab_size, **_token_options(args),
+                        **_run_options(args))
         print(f"wrote {args.output}: {_describe_meta(meta)}")
     else:
         prepare(args.input, args.output, args.tokenizer, args.vocab_size, **_token_options(args),
-                **_clean_options(args))
+                **_clean_options(args), **_run_options(args))
         print(f"wrote {args.output}: {_describe_meta(load_meta(args.output))}")
 
 

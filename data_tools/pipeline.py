@@ -36,15 +36,16 @@ def prepare(input_path, out_dir, tokenizer="char", vocab_size=None, *, train_cha
     """Turn a Posts.xml / .7z / text file into a data directory and return `out_dir`.
 
     A dump is cleaned (clean_options: min_score, max_answers, unanswered, limit, workers,
-    progress; see clean.clean) into out_dir/corpus.txt, which is then tokenized. A text file is
+    progress; see clean_posts.clean) into out_dir/corpus.txt, which is then tokenized. A text file is
     tokenized as it is (split into documents by corpus.iter_documents). The tokenizer options are
-    those of tokens.tokenize.
+    those of tokens.tokenize; workers and progress apply to both steps.
     """
     out_dir = os.fspath(out_dir)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise DataToolsError("output exists and is not a directory", out_dir)
     kind = input_kind(input_path)
-    token_options = dict(train_chars=train_chars, val_fraction=val_fraction, test_fraction=test_fraction)
+    token_options = dict(train_chars=train_chars, val_fraction=val_fraction, test_fraction=test_fraction,
+                         workers=clean_options.get("workers"), progress=clean_options.get("progress"))
     unknown = set(clean_options) - set(CLEAN_OPTIONS)
     if unknown:
         raise TypeError(f"prepare() got unexpected options: {', '.join(sorted(unknown))}")
@@ -63,7 +64,7 @@ def prepare(input_path, out_dir, tokenizer="char", vocab_size=None, *, train_cha
     try:
         with atomic_output(os.path.join(out_dir, CORPUS_FILE)) as corpus_temp:
             stats = clean(input_path, corpus_temp, **clean_options)
-            options = {k: v for k, v in clean_options.items() if k != "progress"}
+            options = {k: v for k, v in clean_options.items() if k not in ("progress", "workers")}
             options["corpus_file"] = CORPUS_FILE
             options["documents_cleaned"] = stats.documents
             tokenize(corpus_temp, out_dir, tokenizer, vocab_size, source=input_path,

@@ -19,12 +19,15 @@ corpus of 3 or more documents has non-empty train, val and test splits, and 1 do
 import contextlib
 import json
 import os
+import sys
 
 import numpy as np
+from tqdm import tqdm
 
 from .atomic import atomic_output
 from .corpus import iter_documents
 from .errors import DataToolsError
+from .parallel import ordered_map
 from .tokenizers import BPETokenizer, CharTokenizer
 
 SPLITS = ("train", "val", "test")
@@ -69,8 +72,11 @@ class DocumentSplitter:
 
 
 def write_token_files(out_dir, tokenizer, documents, *, val_fraction=0.05, test_fraction=0.05,
-                      source=None, options=None):
+                      source=None, options=None, workers=1, progress=None):
     """Encode `documents` (an iterable of strings) into a data directory; return the meta dict.
+
+    workers: processes encoding documents (None: one per CPU); the files do not depend on it.
+    progress: show a progress bar on stderr (None: only when stderr is a terminal).
 
     All files are written to temporary names and renamed into place only once everything is
     encoded, meta.json last; a failed or interrupted run leaves an existing directory as it was
@@ -80,6 +86,8 @@ def write_token_files(out_dir, tokenizer, documents, *, val_fraction=0.05, test_
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise DataToolsError("output exists and is not a directory", out_dir)
     splitter = DocumentSplitter(val_fraction, test_fraction)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise DataToolsError(f"workers must be an integer >= 1, got {workers!r}")
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
     created = not os.path.exists(out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -97,15 +105,19 @@ def write_token_files(out_dir, tokenizer, documents, *, val_fraction=0.05, test_
             buffers = {split: [] for split in SPLITS}
             buffered = dict.fromkeys(SPLITS, 0)
             eot = np.array([tokenizer.eot_id], dtype=np.int64)
-            for document in documents:
+            bar = tqdm(desc="tokenize", unit=" docs", file=sys.stderr, dynamic_ncols=True,
+                       disable=(None if progress is None else not progress))
+            encoded = _encode_in_order(tokenizer, documents, workers or os.cpu_count() or 1)
+            for ids in encoded:
+                bar.update()
                 split = splitter.next_split()
-                ids = tokenizer.encode_array(document)
                 buffers[split] += (ids, eot)
                 buffered[split] += len(ids) + 1
                 document_counts[split] += 1
                 if buffered[split] >= _FLUSH_TOKENS:
                     tokens[split] += _flush(buffers[split], files[split], dtype)
                     buffered[split] = 0
+            bar.close()
             for split in SPLITS:
                 tokens[split] += _flush(buffers[split], files[split], dtype)
                 files[split].close()
@@ -135,6 +147,41 @@ def write_token_files(out_dir, tokenizer, documents, *, val_fraction=0.05, test_
             with contextlib.suppress(OSError):
                 os.rmdir(out_dir)
         raise
+
+
+_ENCODE_CHUNK_DOCUMENTS = 64
+_worker_tokenizer = None
+
+
+def _set_worker_tokenizer(tokenizer):
+    global _worker_tokenizer
+    _worker_tokenizer = tokenizer
+
+
+def _encode_documents(documents):
+    return [_worker_tokenizer.encode_array(document) for document in documents]
+
+
+def _encode_in_order(tokenizer, documents, workers):
+    """Yield the id array of each document, in order, encoded in `workers` processes."""
+    chunks = _batched(documents, _ENCODE_CHUNK_DOCUMENTS)
+    encoded = ordered_map(_encode_documents, chunks, workers, _set_worker_tokenizer, (tokenizer,))
+    try:
+        for arrays in encoded:
+            yield from arrays
+    finally:
+        encoded.close()
+
+
+def _batched(items, size):
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _flush(arrays, file, dtype):
@@ -178,7 +225,8 @@ def _first_chars(documents, limit):
 
 
 def tokenize(corpus_path, out_dir, tokenizer="char", vocab_size=None, *, train_chars=None,
-             val_fraction=0.05, test_fraction=0.05, source=None, options=None):
+             val_fraction=0.05, test_fraction=0.05, source=None, options=None, workers=None,
+             progress=None):
     """The `tokenize` step: train a tokenizer on a corpus file and write the data directory.
 
     corpus_path: a corpus written by `clean`, or any UTF-8 text (see corpus.iter_documents).
@@ -189,7 +237,7 @@ def tokenize(corpus_path, out_dir, tokenizer="char", vocab_size=None, *, train_c
     all_options.update(options or {})
     return write_token_files(out_dir, trained, iter_documents(corpus_path), val_fraction=val_fraction,
                              test_fraction=test_fraction, source=source or corpus_path,
-                             options=all_options)
+                             options=all_options, workers=workers, progress=progress)
 
 
 def load_meta(data_dir):

@@ -149,3 +149,13 @@ def test_meta_json_is_plain_json(tmp_path):
     tokenize(corpus_file(tmp_path / "c.txt", ["a", "b", "c"]), tmp_path / "d")
     meta = json.loads((tmp_path / "d" / "meta.json").read_text())
     assert set(meta) >= {"tokenizer_file", "tokenizer", "vocab_size", "dtype", "tokens", "source", "options"}
+
+
+def test_token_files_identical_for_1_and_2_workers(tmp_path):
+    documents = [f"Doc {i}: let $x_{i} < y$ and\n    code {i}" * (1 + i % 3) for i in range(300)]
+    corpus = corpus_file(tmp_path / "c.txt", documents)
+    tokenize(corpus, tmp_path / "one", "bpe", 300, workers=1)
+    tokenize(corpus, tmp_path / "two", "bpe", 300, workers=2)
+    for name in ("train.bin", "val.bin", "test.bin", "tokenizer.json"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    assert len(decode_documents(tmp_path / "two", "train")) == 270
