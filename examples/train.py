@@ -82,6 +82,10 @@ def build_parser():
     g.add_argument("--stop-after", type=int, default=None,
                    help="stop after this many steps in this process (saving latest.npz); "
                         "continue later with --resume")
+    g.add_argument("--max-seconds", type=float, default=None,
+                   help="time budget: end the run (evaluated and saved) once this many seconds of "
+                        "training have passed, even before --steps; the LR schedule stays the one "
+                        "of --steps, and the result depends on the machine's speed")
     g = p.add_argument_group("data preparation")
     g.add_argument("--tokenizer", choices=["char", "bpe"], default="char", help="tokenizer to train")
     g.add_argument("--vocab-size", type=int, default=None, help="BPE vocabulary size (default 512)")
@@ -156,6 +160,8 @@ def unigram_loss(train_tokens, eval_tokens, vocab_size):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.max_seconds is not None and not args.max_seconds > 0:
+        parser.error(f"--max-seconds must be positive, got {args.max_seconds}")
     out_dir = args.out_dir or os.path.join("runs", args.preset)
     config_path = os.path.join(out_dir, "config.json")
     if args.resume:
@@ -202,14 +208,15 @@ def main(argv=None):
           f"vocab {model_config.vocab_size}; data: {data_dir} ({len(splits['train']):,} training tokens)")
     trainer = Trainer(model, splits["train"], splits["val"], train_config, out_dir,
                       test_tokens=splits["test"], progress=not args.no_progress)
-    summary = trainer.run(resume=args.resume, stop_after=args.stop_after)
+    summary = trainer.run(resume=args.resume, stop_after=args.stop_after, max_seconds=args.max_seconds)
     if summary["interrupted"]:
         print(f"stopped at step {summary['step']}; checkpoint saved. Resume with:\n"
               f"  python examples/train.py --out-dir {out_dir} --resume", file=sys.stderr)
         return 130 if args.stop_after is None else 0
 
     baseline = unigram_loss(splits["train"], splits["val"], model_config.vocab_size)
-    print(f"done: {summary['step']} steps in {summary['elapsed_s']:.0f} s; loss in nats/token: "
+    print(f"done: {summary['step']} steps{' (time budget reached)' if summary.get('time_limited') else ''} "
+          f"in {summary['elapsed_s']:.0f} s; loss in nats/token: "
           f"train {summary['train_loss']:.3f}, val {summary['val_loss']:.3f} (best {summary['best_val_loss']:.3f}), "
           f"test {summary['test_loss']:.3f}; unigram baseline (val) {baseline:.3f}, "
           f"uniform ln(V) {math.log(model_config.vocab_size):.3f}")

@@ -196,10 +196,13 @@ class Trainer:
         self.step += 1
         return loss_value, lr
 
-    def run(self, resume=False, stop_after=None):
+    def run(self, resume=False, stop_after=None, max_seconds=None):
         """Train to config.steps. Returns a summary dict; `summary["interrupted"]` is True when
         Ctrl-C, or `stop_after` steps taken in this call, stopped it early (after saving
-        latest.npz, from which `run(resume=True)` goes on)."""
+        latest.npz, from which `run(resume=True)` goes on). `max_seconds` is a time budget for
+        this call: once it is spent the run evaluates, saves and ends there as a finished run
+        (`summary["time_limited"]` True); the LR schedule is still the one of config.steps, and
+        where it stops depends on the machine's speed, so it is not bit-reproducible."""
         os.makedirs(self.out_dir, exist_ok=True)
         if resume:
             self.resume()
@@ -212,6 +215,7 @@ class Trainer:
         bar = tqdm(total=c.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                    disable=not self.progress)
         last_record = None
+        time_limited = False
         with interrupted:
             steps_here = 0
             while self.step < c.steps and not interrupted.flag:
@@ -229,11 +233,17 @@ class Trainer:
                 if self.step % c.eval_interval == 0 or self.step == c.steps:
                     last_record = self._evaluate_and_save(loss, lr, tokens_per_s, now - start_time)
                     window_time, window_tokens = time.perf_counter(), 0
+                elif max_seconds is not None and now - start_time >= max_seconds:
+                    last_record = self._evaluate_and_save(loss, lr, tokens_per_s, now - start_time)
+                if max_seconds is not None and now - start_time >= max_seconds and self.step < c.steps:
+                    time_limited = True
+                    break
         bar.close()
         if interrupted.flag:
             self.save("latest")
             return {"interrupted": True, "step": self.step}
-        summary = {"interrupted": False, "step": self.step, "best_val_loss": self.best_val_loss,
+        summary = {"interrupted": False, "time_limited": time_limited, "step": self.step,
+                   "best_val_loss": self.best_val_loss,
                    "elapsed_s": time.perf_counter() - start_time, **(last_record or {})}
         if self.test_tokens is not None:
             summary["test_loss"] = self._best_test_loss()
