@@ -28,7 +28,7 @@ from .errors import DataToolsError
 DOC_SEPARATOR = "<|endoftext|>"
 _SEPARATOR_ESCAPED = "<| endoftext |>"
 _READ_CHUNK_BYTES = 1 << 20
-_BLANK_LINES = re.compile(r"\n(?:[ \t]*\n)+")
+_BLANK_LINES = re.compile(r"\n(?:[ \t\r]*\n)+")
 
 
 def format_document(title, tags, question, answers):

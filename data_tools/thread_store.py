@@ -56,12 +56,24 @@ class ThreadStore:
         self._db.execute("COMMIT")
         self._db.execute("CREATE INDEX answers_by_parent ON answers (parent, score DESC, id)")
         floor = -(1 << 62) if min_score is None else int(min_score)
-        answers_of = self._db.cursor()
-        for _, question_id, title, tags, body in self._db.execute("SELECT * FROM questions ORDER BY seq"):
-            answers = answers_of.execute(
-                "SELECT score, body FROM answers WHERE parent = ? AND score >= ? "
-                "ORDER BY score DESC, id", (question_id, floor)).fetchall()
-            yield title, tuple(tags.split("\n")) if tags else (), body, answers
+        # One pass: questions in file order, each followed by its answers through the index
+        # (SQLite needs no sort for this ORDER BY; a question without answers comes once, with NULLs).
+        rows = self._db.execute(
+            "SELECT q.seq, q.title, q.tags, q.body, a.score, a.body FROM questions AS q "
+            "LEFT JOIN answers AS a ON a.parent = q.id AND a.score >= ? "
+            "ORDER BY q.seq, a.score DESC, a.id", (floor,))
+        thread = None
+        current_seq = None
+        for seq, title, tags, body, score, answer in rows:
+            if seq != current_seq:
+                if thread is not None:
+                    yield thread
+                current_seq = seq
+                thread = (title, tuple(tags.split("\n")) if tags else (), body, [])
+            if score is not None:
+                thread[3].append((score, answer))
+        if thread is not None:
+            yield thread
 
     def close(self):
         if self._db is not None:
