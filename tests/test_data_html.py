@@ -1,5 +1,11 @@
 """HTML body -> text: math kept exactly, structure turned into plain-text layout."""
 
+import html
+import string
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from data_tools.html_text import html_to_text
 
 
@@ -63,3 +69,15 @@ def test_empty_and_whitespace_bodies():
 
 def test_comments_and_scripts_dropped():
     assert html_to_text("<p>a<!-- hidden -->b</p><script>x=1</script>") == "ab"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=string.ascii_letters + string.digits + " <>&$\\{}^_=+-()[]|;:'\".,!?/#%*~`@\u00e9\u03b1\u2200",
+               max_size=80))
+def test_escaped_text_comes_back_exactly(text):
+    assert html_to_text("<p>" + html.escape(text) + "</p>") == text.strip()
+
+
+def test_each_list_item_on_its_own_line_even_with_paragraphs_inside():
+    body = "<ul>\n<li><p>first $a<b$</p></li>\n<li><p>second</p>\n<pre><code>  x\n</code></pre></li>\n</ul>"
+    assert html_to_text(body) == "- first $a<b$\n- second\n    x"
