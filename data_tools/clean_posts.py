@@ -24,7 +24,7 @@ from .parallel import ordered_map
 from .stackexchange import QUESTION, PostsSource, iter_rows, post_from_row
 from .thread_store import ThreadStore
 
-CHUNK_POSTS = 512
+CHUNK_POSTS = 2048  # rows per worker task: large enough that per-task overhead is small
 
 CleanStats = collections.namedtuple(
     "CleanStats", "documents questions answers answers_written input_bytes output_bytes seconds")
