@@ -14,13 +14,12 @@ import sys
 import time
 
 from lxml import etree
-from tqdm import tqdm
 
 from . import corpus
 from .atomic import atomic_output
 from .errors import DataToolsError
 from .html_text import html_to_text
-from .parallel import ordered_map
+from .parallel import ProgressBar, ordered_map
 from .stackexchange import QUESTION, PostsSource, iter_rows, post_from_row
 from .thread_store import ThreadStore
 
@@ -74,7 +73,7 @@ def clean(input_path, output_path, *, min_score=None, max_answers=None, unanswer
 
 
 def _read_into_store(source, store, workers, progress):
-    bar = tqdm(total=source.total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
+    bar = ProgressBar(total=source.total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
                desc="clean", file=sys.stderr, disable=(None if progress is None else not progress),
                dynamic_ncols=True)
     posts_seen = 0

@@ -4,6 +4,15 @@ import collections
 import multiprocessing
 import signal
 
+from tqdm import tqdm
+
+
+class ProgressBar(tqdm):
+    """A tqdm bar without tqdm's monitor thread: these processes fork workers, and forking a
+    process that runs extra threads can leave a lock held in the child."""
+
+    monitor_interval = 0
+
 
 def ordered_map(function, items, workers, initializer=None, initargs=()):
     """Yield function(item) for each item, in the order of `items`.

@@ -22,12 +22,11 @@ import os
 import sys
 
 import numpy as np
-from tqdm import tqdm
 
 from .atomic import atomic_output
 from .corpus import iter_documents
 from .errors import DataToolsError
-from .parallel import ordered_map
+from .parallel import ProgressBar, ordered_map
 from .tokenizers import BPETokenizer, CharTokenizer
 
 SPLITS = ("train", "val", "test")
@@ -105,7 +104,7 @@ def write_token_files(out_dir, tokenizer, documents, *, val_fraction=0.05, test_
             buffers = {split: [] for split in SPLITS}
             buffered = dict.fromkeys(SPLITS, 0)
             eot = np.array([tokenizer.eot_id], dtype=np.int64)
-            bar = tqdm(desc="tokenize", unit=" docs", file=sys.stderr, dynamic_ncols=True,
+            bar = ProgressBar(desc="tokenize", unit=" docs", file=sys.stderr, dynamic_ncols=True,
                        disable=(None if progress is None else not progress))
             encoded = _encode_in_order(tokenizer, documents, workers or os.cpu_count() or 1)
             for ids in encoded:

@@ -221,3 +221,12 @@ def test_keyboard_interrupt_exits_130_and_leaves_nothing_behind(tmp_path):
     assert process.returncode == 130
     assert stderr.splitlines() == ["error: interrupted; no output written"]
     assert os.listdir(out_dir) == ["corpus.txt"] and (out_dir / "corpus.txt").read_text() == OLD_OUTPUT
+
+
+def test_progress_bar_shows_bytes_and_posts_on_stderr(tmp_path):
+    posts = write_posts(tmp_path / "Posts.xml", GOOD_ROWS)
+    result = run_cli("clean", posts, "-o", tmp_path / "c.txt", "--progress")
+    assert result.returncode == 0
+    assert "clean" in result.stderr and "posts=2" in result.stderr and "B" in result.stderr
+    quiet = run_cli("clean", posts, "-o", tmp_path / "c.txt", "--no-progress")
+    assert quiet.stderr == ""
