@@ -25,6 +25,7 @@ twice (tied weights) is optimized once, under the first name given.
 import math
 
 from .backend import xp, is_float
+from .parallel import run_chunks
 
 __all__ = ["AdamW", "SGD", "clip_grad_norm", "cosine_schedule"]
 
@@ -157,6 +158,23 @@ class _FlatOptimizer:
                                  f"({self.numel},), the parameters' total element count")
 
 
+# Elementwise updates run block by block: each block's dozen passes then stay in cache instead of
+# streaming the whole buffers through memory a dozen times; blocks are spread over the thread pool.
+_BLOCK = 1 << 16
+
+
+def _blocked(update, n):
+    """update(lo, hi) over consecutive blocks of at most _BLOCK elements covering range(n); the
+    blocks are split over the pool threads (disjoint: results do not depend on the split)."""
+    n_blocks = -(-n // _BLOCK)
+
+    def blocks(first, last):
+        for i in range(first, last):
+            update(i * _BLOCK, min(n, (i + 1) * _BLOCK))
+
+    run_chunks(blocks, n_blocks, min_items=4)
+
+
 def _short(sizes):
     return str(sizes) if len(sizes) <= 8 else str(sizes[:8])[:-1] + ", ...]"
 
@@ -198,24 +216,32 @@ class AdamW(_FlatOptimizer):
         b1, b2 = self.betas
         lr, wd, eps = float(self.lr), self.weight_decay, self.eps
         m, v, flat = self.m, self.v, self.flat
-        # m = b1 m + (1-b1) g ; v = b2 v + (1-b2) g^2, without a temporary: g is scaled in place
-        m *= b1
-        g *= 1.0 - b1
-        m += g
-        g *= g                                     # (1-b1)^2 g^2
-        g *= (1.0 - b2) / (1.0 - b1) ** 2          # (1-b2) g^2
-        v *= b2
-        v += g
-        # g <- lr * m_hat / (sqrt(v_hat) + eps) = (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps)
         bc1, bc2 = 1.0 - b1 ** t, 1.0 - b2 ** t
-        xp.sqrt(v, out=g)
-        g *= 1.0 / math.sqrt(bc2)
-        g += eps
-        xp.divide(m, g, out=g)
-        g *= lr / bc1
-        if wd and self.n_decayed:
-            flat[:self.n_decayed] *= 1.0 - lr * wd  # p - lr*wd*p, with p before this step's update
-        flat -= g
+        decay_end = self.n_decayed if wd else 0
+        decay = 1.0 - lr * wd
+
+        def update(lo, hi):
+            # the same operations for every element in the same order, whatever the blocking
+            gb, mb, vb = g[lo:hi], m[lo:hi], v[lo:hi]
+            # m = b1 m + (1-b1) g ; v = b2 v + (1-b2) g^2, without a temporary: g scaled in place
+            mb *= b1
+            gb *= 1.0 - b1
+            mb += gb
+            gb *= gb                                   # (1-b1)^2 g^2
+            gb *= (1.0 - b2) / (1.0 - b1) ** 2         # (1-b2) g^2
+            vb *= b2
+            vb += gb
+            # g <- lr * m_hat / (sqrt(v_hat) + eps) = (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps)
+            xp.sqrt(vb, out=gb)
+            gb *= 1.0 / math.sqrt(bc2)
+            gb += eps
+            xp.divide(mb, gb, out=gb)
+            gb *= lr / bc1
+            if lo < decay_end:  # p - lr*wd*p, with p before this step's update
+                flat[lo:min(hi, decay_end)] *= decay
+            flat[lo:hi] -= gb
+
+        _blocked(update, self.numel)
 
     def state_dict(self):
         """Plain arrays and numbers: step, m, v, the layout's sizes and the hyperparameters."""
