@@ -184,16 +184,18 @@ class Tensor:
                 if parent_grad is None or not parent.requires_grad:
                     continue
                 returned = parent_grad
-                parent_grad = _unbroadcast(returned, parent.shape, ctx.function)
-                if parent_grad.dtype != parent.dtype:
+                parent_data = parent.data
+                if returned.shape != parent_data.shape:
+                    parent_grad = _unbroadcast(returned, parent_data.shape, ctx.function)
+                if parent_grad.dtype != parent_data.dtype:
                     raise TypeError(f"{ctx.function.__name__}.backward returned a {parent_grad.dtype} "
-                                    f"gradient for a {parent.dtype} input")
+                                    f"gradient for a {parent_data.dtype} input")
                 # an array is ours to modify in place only if it owns its memory, is not handed to
                 # two inputs at once, and is not the upstream gradient that someone else also holds
                 mine = parent_grad is not returned or (
-                    returned.flags.owndata and returned.flags.writeable
-                    and sum(pg is returned for pg in input_grads) == 1
-                    and (returned is not g or owned))
+                    (returned is not g or owned)
+                    and returned.flags.owndata and returned.flags.writeable
+                    and (len(input_grads) == 1 or sum(pg is returned for pg in input_grads) == 1))
                 slot = pending.get(id(parent))
                 if slot is None:
                     pending[id(parent)] = [parent_grad, mine]
