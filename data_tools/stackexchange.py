@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections import namedtuple
 
 from lxml import etree
@@ -59,9 +60,11 @@ class PostsSource:
             raise DataToolsError(
                 "no 7z program on PATH to read this archive; install p7zip (7z, 7za or 7zr) or "
                 "extract it first: 7z e ARCHIVE Posts.xml, then pass Posts.xml", self.path)
+        # stderr goes to a file: a pipe nobody reads while parsing could fill up and stall 7z.
+        self._stderr = tempfile.TemporaryFile()
         self._process = subprocess.Popen(
             [program, "e", "-so", self.path, "Posts.xml"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL)
         return self._process.stdout
 
     def check_prolog(self):
@@ -100,9 +103,10 @@ class PostsSource:
             process, self._process = self._process, None
             if not check:
                 process.kill()
-            stderr = process.stderr.read().decode("utf-8", "replace")
-            process.stderr.close()
             status = process.wait()
+            self._stderr.seek(0)
+            stderr = self._stderr.read().decode("utf-8", "replace")
+            self._stderr.close()
             if check and status != 0:
                 last = (stderr.strip().splitlines() or ["no message"])[-1]
                 raise DataToolsError(f"7z failed to extract Posts.xml (status {status}): {last}", self.path)
