@@ -37,7 +37,8 @@ def clean(input_path, output_path, *, min_score=None, max_answers=None, unanswer
     max_answers: keep at most this many answers per question, the best first (None keeps all).
     unanswered: whether questions left with no answer (after min_score) are written.
     limit: stop after writing this many documents (the whole file is still read, since answers
-        may appear anywhere after their question).
+        may appear anywhere after their question; with `unanswered`, rows that cannot be written
+        are not cleaned or stored).
     workers: processes cleaning HTML (None: one per CPU; 1: clean in this process).
     progress: show a progress bar on stderr (None: only when stderr is a terminal).
     """
@@ -52,7 +53,10 @@ def clean(input_path, output_path, *, min_score=None, max_answers=None, unanswer
 
     with atomic_output(output_path) as temp_path, ThreadStore(directory) as store:
         with PostsSource(input_path) as source:
-            _read_into_store(source, store, workers, progress)
+            rows = iter_rows(source)
+            if limit is not None and unanswered:
+                rows = _rows_that_can_be_written(rows, limit)
+            _read_into_store(source, rows, store, workers, progress)
             input_bytes = source.bytes_read
         documents = answers_written = 0
         with open(temp_path, "w", encoding="utf-8", newline="\n") as out:
@@ -72,13 +76,13 @@ def clean(input_path, output_path, *, min_score=None, max_answers=None, unanswer
                           input_bytes, output_bytes, time.perf_counter() - started)
 
 
-def _read_into_store(source, store, workers, progress):
+def _read_into_store(source, rows, store, workers, progress):
     bar = ProgressBar(total=source.total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
                desc="clean", file=sys.stderr, disable=(None if progress is None else not progress),
                dynamic_ncols=True)
     posts_seen = 0
     shown_bytes = 0
-    cleaned = ordered_map(functools.partial(clean_rows, path=source.path), _chunks(iter_rows(source)), workers)
+    cleaned = ordered_map(functools.partial(clean_rows, path=source.path), _chunks(rows), workers)
     try:
         for rows_in_chunk, questions, answers in cleaned:
             store.add_questions(questions)
@@ -90,6 +94,24 @@ def _read_into_store(source, store, workers, progress):
     finally:
         cleaned.close()  # stops the worker pool now, not whenever the generator is collected
         bar.close()
+
+
+def _rows_that_can_be_written(rows, limit):
+    """When every question is written, only the first `limit` questions and their answers can
+    reach the output: skip cleaning and storing the rest (the file is still read to the end)."""
+    kept_ids = set()
+    for row in rows:
+        post_type, post_id, parent_id = row[:3]
+        try:
+            if post_type == "1":
+                if len(kept_ids) >= limit:
+                    continue
+                kept_ids.add(int(post_id))
+            elif parent_id is None or int(parent_id) not in kept_ids:
+                continue
+        except ValueError:
+            pass  # not an integer: let post_from_row report it
+        yield row
 
 
 def _chunks(rows):

@@ -114,6 +114,10 @@ def test_options_min_score_max_answers_unanswered_limit(tmp_path):
     assert [d.split("\n")[0] for d in docs] == ["one", "two"]
     docs, _ = clean_docs(tmp_path, rows, limit=0)
     assert docs == []
+    docs, _ = clean_docs(tmp_path, rows, limit=1, min_score=0, unanswered=False)
+    assert [d.split("\n")[0] for d in docs] == ["one"]
+    docs, _ = clean_docs(tmp_path, rows, limit=2, min_score=0, unanswered=False)
+    assert [d.split("\n")[0] for d in docs] == ["one", "two"]
 
 
 def test_bad_option_values_raise(tmp_path):
@@ -164,3 +168,15 @@ def test_non_integer_score_is_an_error_with_line(tmp_path):
         clean(posts, tmp_path / "out.txt", workers=1, progress=False)
     assert info.value.line == 4 and "Score" in str(info.value)
     assert not (tmp_path / "out.txt").exists()
+
+
+def test_limit_skips_questions_past_it_but_keeps_late_answers(tmp_path):
+    rows = [row(1, 1, "<p>Q1</p>", title="one"), row(2, 1, "<p>Q2</p>", title="two"),
+            row(3, 2, "<p>for two</p>", parent=2, score=1), row(4, 1, "<p>Q3</p>", title="three"),
+            row(5, 2, "<p>for three</p>", parent=4, score=1), row(6, 2, "<p>late for one</p>", parent=1, score=9)]
+    for workers in (1, 2):
+        docs, _ = clean_docs(tmp_path, rows, limit=2, workers=workers)
+        assert docs == ["one\n\nQ1\n\nAnswer (score 9):\nlate for one", "two\n\nQ2\n\nAnswer (score 1):\nfor two"]
+    posts = write_posts(tmp_path / "Posts.xml", rows)
+    stats = clean(posts, tmp_path / "c.txt", limit=1, workers=1, progress=False)
+    assert (stats.questions, stats.answers, stats.documents) == (1, 1, 1)
