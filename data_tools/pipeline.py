@@ -12,7 +12,7 @@ CLEAN_OPTIONS = ("min_score", "max_answers", "unanswered", "limit", "workers", "
 
 
 def input_kind(path):
-    """"posts" for Posts.xml or .7z input, "text" for a plain text file (by suffix, else content)."""
+    """Return "posts" for a Posts.xml or .7z input, "text" for a text file (by suffix, else content)."""
     path = os.fspath(path)
     lower = path.lower()
     if lower.endswith((".xml", ".7z")):
@@ -36,9 +36,9 @@ def prepare(input_path, out_dir, tokenizer="char", vocab_size=None, *, train_cha
     """Turn a Posts.xml / .7z / text file into a data directory and return `out_dir`.
 
     A dump is cleaned (clean_options: min_score, max_answers, unanswered, limit, workers,
-    progress; see clean_posts.clean) into out_dir/corpus.txt, which is then tokenized. A text file is
-    tokenized as it is (split into documents by corpus.iter_documents). The tokenizer options are
-    those of tokens.tokenize; workers and progress apply to both steps.
+    progress; see clean_posts.clean) into out_dir/corpus.txt, which is then tokenized. A text
+    file is tokenized as it is (split into documents by corpus.iter_documents). The tokenizer
+    options are those of tokens.tokenize; workers and progress apply to both steps.
     """
     out_dir = os.fspath(out_dir)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
