@@ -37,7 +37,7 @@ from tqdm import tqdm  # noqa: E402
 
 import data_tools  # noqa: E402
 import train  # noqa: E402
-from plot import PlotUnavailable, read_metrics  # noqa: E402
+from plot import PlotUnavailable, import_pyplot, read_metrics  # noqa: E402
 from tinygrad_llama import LlamaConfig, create_model  # noqa: E402
 
 LLAMA = ["--model", "llama", "--norm", "rms", "--pos", "rope", "--ffn", "swiglu", "--attention", "causal"]
@@ -308,13 +308,8 @@ def write_table(out_dir, title, command, runs, states, data_dir):
 
 def plot_val_curves(out_dir, runs, x_key="step"):
     """val_loss.png: every run's validation loss against step (or training seconds)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise PlotUnavailable('matplotlib is not installed, so no val_loss.png; get it with '
-                              'pip install -e ".[plot]" and rerun (finished runs are skipped)') from None
+    plt = import_pyplot('no val_loss.png; get it with pip install -e ".[plot]" and rerun '
+                        '(finished runs are skipped)')
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = 0
     for i, (name, _, _) in enumerate(runs):

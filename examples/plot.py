@@ -20,15 +20,21 @@ def read_metrics(run_dir):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_runs(run_dirs, out_path):
-    """Train (dashed) and validation (solid) loss against step, one colour per run."""
+def import_pyplot(missing_note):
+    """matplotlib.pyplot on a file-only backend, or PlotUnavailable saying how to get it."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise PlotUnavailable('matplotlib is not installed, so no loss.png; get it with '
-                              'pip install -e ".[plot]" and run examples/plot.py RUN_DIR') from None
+        raise PlotUnavailable(f'matplotlib is not installed, so {missing_note}') from None
+    return plt
+
+
+def plot_runs(run_dirs, out_path):
+    """Train (dashed) and validation (solid) loss against step, one colour per run."""
+    plt = import_pyplot('no loss.png; get it with pip install -e ".[plot]" and run '
+                        'examples/plot.py RUN_DIR')
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, run_dir in enumerate(run_dirs):
         records = read_metrics(run_dir)
