@@ -13,7 +13,7 @@ from functools import lru_cache
 
 from .backend import xp
 from .ops import sigmoid_array
-from .parallel import run_chunks
+from .parallel import run_chunks, matmul as mm  # mm: 2-D products over the thread pool
 from .tensor import Function, Tensor
 
 
@@ -23,7 +23,7 @@ class Linear(Function):
     def forward(ctx, x, weight):
         ctx.save_for_backward(x, weight)
         x2 = x.reshape(-1, x.shape[-1])                    # (N, in): free for a contiguous x
-        return (x2 @ weight.T).reshape(x.shape[:-1] + (weight.shape[0],))  # (..., out)
+        return mm(x2, weight.T).reshape(x.shape[:-1] + (weight.shape[0],))  # (..., out)
 
     @staticmethod
     def backward(ctx, grad):
@@ -32,8 +32,8 @@ class Linear(Function):
         #   dW[o, i] = sum_n dy[n, o] x[n, i]   -> dW = dy^T x, one 2-D product over all tokens
         x, weight = ctx.saved
         g2 = grad.reshape(-1, grad.shape[-1])              # (N, out)
-        dx = (g2 @ weight).reshape(x.shape) if ctx.needs_input_grad[0] else None
-        dw = g2.T @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None  # (out, in)
+        dx = mm(g2, weight).reshape(x.shape) if ctx.needs_input_grad[0] else None
+        dw = mm(g2.T, x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None  # (out, in)
         return dx, dw
 
 
@@ -265,8 +265,8 @@ class SwiGLU(Function):
     @staticmethod
     def forward(ctx, x, w1, w2, w3):
         x2 = x.reshape(-1, x.shape[-1])                         # (N, D)
-        h1 = x2 @ w1.T                                          # (N, F) gate pre-activation
-        h3 = x2 @ w3.T                                          # (N, F) value
+        h1 = mm(x2, w1.T)                                      # (N, F) gate pre-activation
+        h3 = mm(x2, w3.T)                                      # (N, F) value
         s = xp.empty_like(h1)
         hidden = xp.empty_like(h1)
 
@@ -282,7 +282,7 @@ class SwiGLU(Function):
         run_chunks(chunk, h1.shape[0], _elementwise_rows(*h1.shape))
         gate = h1                                               # (N, F), h1's buffer reused
         ctx.save_for_backward(x, w1, w2, w3, gate, h3, s, hidden)
-        return (hidden @ w2.T).reshape(x.shape)                 # (..., D)
+        return mm(hidden, w2.T).reshape(x.shape)             # (..., D)
 
     @staticmethod
     def backward(ctx, grad):
@@ -295,8 +295,8 @@ class SwiGLU(Function):
         x, w1, w2, w3, gate, h3, s, hidden = ctx.saved
         x2 = x.reshape(-1, x.shape[-1])                         # (N, D)
         g2 = grad.reshape(-1, grad.shape[-1])                   # (N, D)
-        dw2 = g2.T @ hidden                                     # (D, F)
-        d_hidden = g2 @ w2                                      # (N, F), becomes dh1 below
+        dw2 = mm(g2.T, hidden)                                 # (D, F)
+        d_hidden = mm(g2, w2)                                  # (N, F), becomes dh1 below
         dh3 = xp.empty_like(d_hidden)
 
         def chunk(start, stop):
@@ -310,12 +310,12 @@ class SwiGLU(Function):
 
         run_chunks(chunk, d_hidden.shape[0], _elementwise_rows(*d_hidden.shape))
         dh1 = d_hidden                                          # (N, F)
-        dw1 = dh1.T @ x2                                        # (F, D)
-        dw3 = dh3.T @ x2                                        # (F, D)
+        dw1 = mm(dh1.T, x2)                                    # (F, D)
+        dw3 = mm(dh3.T, x2)                                    # (F, D)
         dx = None
         if ctx.needs_input_grad[0]:
-            dx = dh1 @ w1                                       # (N, D)
-            dx += dh3 @ w3
+            dx = mm(dh1, w1)                                   # (N, D)
+            dx += mm(dh3, w3)
             dx = dx.reshape(x.shape)
         return dx, dw1, dw2, dw3
 

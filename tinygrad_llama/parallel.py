@@ -15,11 +15,16 @@ How many workers: the environment variable TINYGRAD_LLAMA_THREADS if set, else t
 count asked for with OPENBLAS_NUM_THREADS / OMP_NUM_THREADS / MKL_NUM_THREADS, else the number of
 CPUs this process may run on. `set_num_workers(n)` changes it at run time (1: no pool at all).
 
-BLAS threads inside the pool: when the loaded BLAS is an OpenBLAS that has
-`openblas_set_num_threads_local` (0.3.27 and later), each pool thread asks for ONE BLAS thread for
-its own calls; the main thread's setting is untouched, so large products elsewhere still use all
-the BLAS threads. `small_products()` does the same around a block run in the calling thread (used
-when the pool is not worth it). Without such a BLAS both are no-ops.
+BLAS threads: the pool does the threading of products itself (`matmul` below cuts 2-D products
+into row blocks), so while the pool exists the BLAS library is kept at ONE thread, and it gets
+back its previous thread count when the pool is shut down (`set_num_workers`). Switching the count
+per call does not work: OpenBLAS's thread count is process-wide (even `openblas_set_num_threads_local`
+sets it for everyone in the builds NumPy ships), and raising it again wakes its idle threads, which
+then spin on a core for a while and take it from the pool. So with a pool, other NumPy products in
+the process run on one BLAS thread too; `set_num_workers(1)` gives the threads back to BLAS.
+Without a pool (one worker) only the blocks run under `small_products()` (per-head products, too
+small for BLAS threads to pay) drop to one BLAS thread, for their duration. Without an OpenBLAS
+whose thread count can be found and set, all of this is a no-op.
 """
 import ctypes
 import os
@@ -27,7 +32,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-__all__ = ["num_workers", "set_num_workers", "run_chunks", "small_products"]
+__all__ = ["num_workers", "set_num_workers", "run_chunks", "small_products", "matmul"]
 
 
 def _cpu_count():
@@ -45,8 +50,14 @@ def _default_workers():
     return _cpu_count()
 
 
-def _find_local_thread_setter():
-    """openblas_set_num_threads_local from the OpenBLAS that NumPy loaded, or None."""
+_SET_NAMES = ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
+              "scipy_openblas_set_num_threads", "openblas_set_num_threads64_")
+_GET_NAMES = ("openblas_get_num_threads", "scipy_openblas_get_num_threads64_",
+              "scipy_openblas_get_num_threads", "openblas_get_num_threads64_")
+
+
+def _find_thread_control():
+    """(get, set) of the BLAS thread count of the OpenBLAS that NumPy loaded, or None."""
     try:
         with open("/proc/self/maps") as maps:
             paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line}
@@ -54,28 +65,34 @@ def _find_local_thread_setter():
         return None
     for path in sorted(paths):
         try:
-            setter = getattr(ctypes.CDLL(path), "openblas_set_num_threads_local")
-        except (OSError, AttributeError):
+            lib = ctypes.CDLL(path)
+        except OSError:
             continue
-        setter.argtypes, setter.restype = [ctypes.c_int], ctypes.c_int
-        return setter
+        get = next((getattr(lib, n) for n in _GET_NAMES if hasattr(lib, n)), None)
+        set_ = next((getattr(lib, n) for n in _SET_NAMES if hasattr(lib, n)), None)
+        if get is None or set_ is None:
+            continue
+        get.argtypes, get.restype = [], ctypes.c_int
+        set_.argtypes, set_.restype = [ctypes.c_int], None
+        return get, set_
     return None
 
 
 _lock = threading.Lock()
 _workers = None
 _pool = None
-_setter = None
-_setter_looked = False
+_blas_threads_before_pool = None
+_control = None
+_control_looked = False
 
 
-def _blas_setter():
-    global _setter, _setter_looked
-    if not _setter_looked:
+def _blas_control():
+    global _control, _control_looked
+    if not _control_looked:
         from . import backend  # noqa: F401  (NumPy and its BLAS are loaded by now)
-        _setter = _find_local_thread_setter()
-        _setter_looked = True
-    return _setter
+        _control = _find_thread_control()
+        _control_looked = True
+    return _control
 
 
 def num_workers():
@@ -87,7 +104,7 @@ def num_workers():
 
 def set_num_workers(n):
     """Use n pool threads from now on (1: run everything in the calling thread)."""
-    global _workers, _pool
+    global _workers, _pool, _blas_threads_before_pool
     n = int(n)
     if n < 1:
         raise ValueError(f"set_num_workers: need at least 1, got {n}")
@@ -95,37 +112,38 @@ def set_num_workers(n):
         if _pool is not None and n != _workers:
             _pool.shutdown(wait=True)
             _pool = None
+            control = _blas_control()
+            if control is not None and _blas_threads_before_pool is not None:
+                control[1](_blas_threads_before_pool)  # BLAS threads back to what they were
+            _blas_threads_before_pool = None
         _workers = n
 
 
-def _init_pool_thread():
-    setter = _blas_setter()
-    if setter is not None:
-        setter(1)
-
-
 def _get_pool():
-    global _pool
+    global _pool, _blas_threads_before_pool
     with _lock:
         if _pool is None:
-            _blas_setter()
-            _pool = ThreadPoolExecutor(max_workers=num_workers(), initializer=_init_pool_thread,
-                                       thread_name_prefix="tinygrad_llama")
+            control = _blas_control()
+            if control is not None:
+                _blas_threads_before_pool = control[0]()
+                control[1](1)  # the pool threads products itself (see the module docstring)
+            _pool = ThreadPoolExecutor(max_workers=num_workers(), thread_name_prefix="tinygrad_llama")
         return _pool
 
 
 @contextmanager
 def small_products():
-    """Within this block, BLAS calls made by this thread use one BLAS thread."""
-    setter = _blas_setter()
-    if setter is None:
+    """Within this block BLAS products use one BLAS thread (the count is restored after)."""
+    control = _blas_control()
+    previous = control[0]() if control is not None and _pool is None else 1
+    if previous == 1:  # no BLAS control, or a pool exists and BLAS is at one thread already
         yield
         return
-    previous = setter(1)
+    control[1](1)
     try:
         yield
     finally:
-        setter(previous if previous > 0 else 0)
+        control[1](previous)
 
 
 def run_chunks(fn, n, min_items=1):
@@ -139,8 +157,9 @@ def run_chunks(fn, n, min_items=1):
             fn(0, n)
         return
     bounds = [n * i // chunks for i in range(chunks + 1)]
-    futures = [_get_pool().submit(fn, bounds[i], bounds[i + 1]) for i in range(chunks)]
+    pool = _get_pool()
     errors = []
+    futures = [pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(chunks)]
     for f in futures:  # wait for every chunk, even after one failed: they write shared outputs
         try:
             f.result()
@@ -148,3 +167,31 @@ def run_chunks(fn, n, min_items=1):
             errors.append(error)
     if errors:
         raise errors[0]
+
+
+def _row_blocks(m):
+    """How many row blocks a product with m output rows is cut into: a function of m alone, so the
+    blocks (and the BLAS calls, whose kernels can depend on the block's shape) are the same for
+    any number of workers."""
+    return 4 if m >= 256 else (2 if m >= 64 else 1)
+
+
+def matmul(a, b):
+    """a @ b for 2-D arrays, as row blocks of the output computed on the pool (one BLAS thread
+    each). Bit-identical for any number of workers: the blocks depend only on a's shape.
+
+    Why not let the BLAS library thread it: its idle threads spin for a while after each product
+    and would take the core from the pool threads that run the attention and elementwise work."""
+    from .backend import xp
+    m = a.shape[0]
+    out = xp.empty((m, b.shape[1]), dtype=xp.result_type(a.dtype, b.dtype))
+    n_blocks = _row_blocks(m)
+    bounds = [m * i // n_blocks for i in range(n_blocks + 1)]
+
+    def blocks(first, last):
+        for i in range(first, last):
+            lo, hi = bounds[i], bounds[i + 1]
+            xp.matmul(a[lo:hi], b, out=out[lo:hi])
+
+    run_chunks(blocks, n_blocks)
+    return out
