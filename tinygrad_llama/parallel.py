@@ -32,7 +32,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-__all__ = ["num_workers", "set_num_workers", "run_chunks", "small_products", "matmul"]
+__all__ = ["num_workers", "set_num_workers", "run_chunks", "small_products", "matmul", "run_blocks",
+           "row_blocks"]
 
 
 def _cpu_count():
@@ -176,6 +177,26 @@ def _row_blocks(m):
     return 4 if m >= 256 else (2 if m >= 64 else 1)
 
 
+def row_blocks(n):
+    """Fixed [lo, hi) row blocks covering range(n): a function of n alone (see _row_blocks)."""
+    k = _row_blocks(n)
+    bounds = [n * i // k for i in range(k + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(k)]
+
+
+def run_blocks(fn, n):
+    """fn(lo, hi) for each of row_blocks(n), the blocks spread over the pool. For work whose
+    result could depend on where rows are cut (a product's kernels, partial sums): the cuts are
+    the same for any number of workers."""
+    blocks = row_blocks(n)
+
+    def run(first, last):
+        for i in range(first, last):
+            fn(*blocks[i])
+
+    run_chunks(run, len(blocks))
+
+
 def matmul(a, b):
     """a @ b for 2-D arrays, as row blocks of the output computed on the pool (one BLAS thread
     each). Bit-identical for any number of workers: the blocks depend only on a's shape.
@@ -183,15 +204,10 @@ def matmul(a, b):
     Why not let the BLAS library thread it: its idle threads spin for a while after each product
     and would take the core from the pool threads that run the attention and elementwise work."""
     from .backend import xp
-    m = a.shape[0]
-    out = xp.empty((m, b.shape[1]), dtype=xp.result_type(a.dtype, b.dtype))
-    n_blocks = _row_blocks(m)
-    bounds = [m * i // n_blocks for i in range(n_blocks + 1)]
+    out = xp.empty((a.shape[0], b.shape[1]), dtype=xp.result_type(a.dtype, b.dtype))
 
-    def blocks(first, last):
-        for i in range(first, last):
-            lo, hi = bounds[i], bounds[i + 1]
-            xp.matmul(a[lo:hi], b, out=out[lo:hi])
+    def block(lo, hi):
+        xp.matmul(a[lo:hi], b, out=out[lo:hi])
 
-    run_chunks(blocks, n_blocks)
+    run_blocks(block, a.shape[0])
     return out
