@@ -4,7 +4,8 @@
 is too small for the BLAS library to split well over its own threads (with two threads it mostly
 synchronises; on a busy machine it can be many times slower than one thread), and the Python thread
 that loops over them uses one core. `run_chunks(fn, n)` splits range(n) into contiguous, disjoint
-chunks and runs `fn(start, stop)` on each in a pool thread. NumPy releases the GIL inside matmul and
+chunks and runs `fn(start, stop)` on each: the first in the calling thread, the others in pool
+threads (workers - 1 of them). NumPy releases the GIL inside matmul and
 inside ufuncs on large arrays, so the chunks run on different cores at the same time.
 
 Determinism: each chunk writes only its own slice of the outputs and every element is computed by
@@ -128,7 +129,8 @@ def _get_pool():
             if control is not None:
                 _blas_threads_before_pool = control[0]()
                 control[1](1)  # the pool threads products itself (see the module docstring)
-            _pool = ThreadPoolExecutor(max_workers=num_workers(), thread_name_prefix="tinygrad_llama")
+            _pool = ThreadPoolExecutor(max_workers=max(1, num_workers() - 1),
+                                       thread_name_prefix="tinygrad_llama")
         return _pool
 
 
@@ -160,7 +162,12 @@ def run_chunks(fn, n, min_items=1):
     bounds = [n * i // chunks for i in range(chunks + 1)]
     pool = _get_pool()
     errors = []
-    futures = [pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(chunks)]
+    # chunks 1.. go to the pool; the calling thread runs chunk 0 meanwhile (one hand-off fewer)
+    futures = [pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, chunks)]
+    try:
+        fn(bounds[0], bounds[1])
+    except BaseException as error:  # noqa: BLE001
+        errors.append(error)
     for f in futures:  # wait for every chunk, even after one failed: they write shared outputs
         try:
             f.result()
