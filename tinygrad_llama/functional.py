@@ -227,6 +227,17 @@ def _transposed_like(shape, dtype):
     return xp.empty((B, T, H, D), dtype=dtype).transpose(0, 2, 1, 3)
 
 
+def _query_blocks(query_len, key_len):
+    """Causal blocks [(q0, q1, k_end)]: queries q0..q1-1 see keys 0..k_end-1 only (k_end is the
+    last query's position + 1), so the all-masked rectangle to the right of each block is never
+    computed. Blocks of at least 64 queries (smaller products lose more to overhead than they
+    save), at most 4: 25% fewer attention products at 2 blocks, 37.5% at 4."""
+    n = max(1, min(4, query_len // 64))
+    bounds = [query_len * i // n for i in range(n + 1)]
+    offset = key_len - query_len  # queries are the last query_len of the key_len positions
+    return [(bounds[i], bounds[i + 1], bounds[i + 1] + offset) for i in range(n)]
+
+
 class CausalAttention(Function):
     @staticmethod
     def forward(ctx, q, k, v):
@@ -234,20 +245,25 @@ class CausalAttention(Function):
         B, H, Tq, D = q.shape
         Tk = k.shape[-2]
         mask = causal_mask(Tq, Tk, q.dtype)
-        probs = xp.empty((B, H, Tq, Tk), dtype=q.dtype)                # (B, H, Tq, Tk)
+        blocks = _query_blocks(Tq, Tk)
+        # (B, H, Tq, Tk); for each query block only its first k_end columns are written and read
+        probs = xp.empty((B, H, Tq, Tk), dtype=q.dtype)
         out = _transposed_like(q.shape, q.dtype)                        # (B, H, Tq, D)
         axis = _batch_axis(q)
 
         def chunk(start, stop):  # each thread: its own slice of batch (or heads), disjoint
             sl = (slice(None),) * axis + (slice(start, stop),)
-            scores = probs[sl]
-            xp.matmul(q[sl], xp.swapaxes(k[sl], -1, -2), out=scores)   # q k^T
-            scores *= scale
-            scores += mask
-            scores -= scores.max(axis=-1, keepdims=True)                # softmax, in place
-            xp.exp(scores, out=scores)
-            scores /= scores.sum(axis=-1, keepdims=True)
-            xp.matmul(scores, v[sl], out=out[sl])                       # P v
+            qs, ks, vs, ps, os_ = q[sl], k[sl], v[sl], probs[sl], out[sl]
+            for q0, q1, k_end in blocks:
+                scores = ps[..., q0:q1, :k_end]
+                xp.matmul(qs[..., q0:q1, :], xp.swapaxes(ks[..., :k_end, :], -1, -2),
+                          out=scores)                                   # q k^T
+                scores *= scale
+                scores += mask[q0:q1, :k_end]
+                scores -= scores.max(axis=-1, keepdims=True)            # softmax, in place
+                xp.exp(scores, out=scores)
+                scores /= scores.sum(axis=-1, keepdims=True)
+                xp.matmul(scores, vs[..., :k_end, :], out=os_[..., q0:q1, :])  # P v
 
         run_chunks(chunk, q.shape[axis])
         ctx.scale = scale
@@ -264,8 +280,13 @@ class CausalAttention(Function):
         #   and sum_j dP_ij P_ij = sum_j (dO_i . v_j) P_ij = dO_i . (sum_j P_ij v_j) = dO_i . O_i,
         #   a sum over D per row instead of over Tk (O was saved by the forward)
         #   dq = scale dS k,  dk = scale dS^T q   (S is bilinear in q and k)
+        # Per causal query block (rows q0..q1-1, keys 0..k_end-1; P = 0 beyond k_end): dq of the
+        # block is its rows of scale dS k, and dv, dk sum P^T dO and scale dS^T q over the
+        # blocks, each block adding to the keys it sees.
         q, k, v, probs, out = ctx.saved
         scale = ctx.scale
+        Tq, Tk = q.shape[-2], k.shape[-2]
+        blocks = _query_blocks(Tq, Tk)
         dq = _transposed_like(q.shape, q.dtype)                          # (B, H, Tq, D)
         dk = _transposed_like(k.shape, k.dtype)                          # (B, H, Tk, D)
         dv = _transposed_like(v.shape, v.dtype)                          # (B, H, Tk, D)
@@ -273,15 +294,26 @@ class CausalAttention(Function):
 
         def chunk(start, stop):
             sl = (slice(None),) * axis + (slice(start, stop),)
-            p, g = probs[sl], grad[sl]
-            xp.matmul(xp.swapaxes(p, -1, -2), g, out=dv[sl])             # dv = P^T dO
-            row_dot = (g * out[sl]).sum(axis=-1, keepdims=True)          # dO_i . O_i
-            d_scores = g @ xp.swapaxes(v[sl], -1, -2)                    # dP
-            d_scores -= row_dot
-            d_scores *= p                                                # dS
-            d_scores *= scale                                            # scale dS
-            xp.matmul(d_scores, k[sl], out=dq[sl])                       # dq = scale dS k
-            xp.matmul(xp.swapaxes(d_scores, -1, -2), q[sl], out=dk[sl])  # dk = scale dS^T q
+            qs, ks, vs, ps, gs, os_ = q[sl], k[sl], v[sl], probs[sl], grad[sl], out[sl]
+            dqs, dks, dvs = dq[sl], dk[sl], dv[sl]
+            last = len(blocks) - 1
+            for i in range(last, -1, -1):  # the widest block first: it writes every key row
+                q0, q1, k_end = blocks[i]
+                p, g = ps[..., q0:q1, :k_end], gs[..., q0:q1, :]
+                pt_g = xp.swapaxes(p, -1, -2) @ g                        # P^T dO, (.., k_end, D)
+                row_dot = (g * os_[..., q0:q1, :]).sum(axis=-1, keepdims=True)  # dO_i . O_i
+                d_scores = g @ xp.swapaxes(vs[..., :k_end, :], -1, -2)   # dP
+                d_scores -= row_dot
+                d_scores *= p                                            # dS
+                d_scores *= scale                                        # scale dS
+                xp.matmul(d_scores, ks[..., :k_end, :], out=dqs[..., q0:q1, :])  # dq = scale dS k
+                ds_q = xp.swapaxes(d_scores, -1, -2) @ qs[..., q0:q1, :]  # scale dS^T q
+                if i == last:  # the last block's last query sees every key: k_end == Tk
+                    dvs[...] = pt_g
+                    dks[...] = ds_q
+                else:
+                    dvs[..., :k_end, :] += pt_g
+                    dks[..., :k_end, :] += ds_q
 
         run_chunks(chunk, q.shape[axis])
         return dq, dk, dv
