@@ -13,7 +13,8 @@ from functools import lru_cache
 
 from .backend import xp
 from .ops import sigmoid_array
-from .parallel import run_chunks, run_blocks, row_blocks, matmul as mm  # mm: 2-D products on the pool
+from .parallel import run_chunks, run_blocks, row_blocks
+from .parallel import matmul as mm, matmul_many as mm_many  # 2-D products on the pool
 from .tensor import Function, Tensor
 
 
@@ -37,8 +38,14 @@ class Linear(Function):
         #   dW[o, i] = sum_n dy[n, o] x[n, i]   -> dW = dy^T x, one 2-D product over all tokens
         x, weight = ctx.saved
         g2 = grad.reshape(-1, grad.shape[-1])              # (N, out)
-        dx = mm(g2, weight).reshape(x.shape) if ctx.needs_input_grad[0] else None
-        dw = mm(g2.T, x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None  # (out, in)
+        pairs = []                                         # both products in one pool round
+        if ctx.needs_input_grad[0]:
+            pairs.append((g2, weight))                     # dx = dy W
+        if ctx.needs_input_grad[1]:
+            pairs.append((g2.T, x.reshape(-1, x.shape[-1])))  # dW = dy^T x, (out, in)
+        results = mm_many(pairs)
+        dx = results.pop(0).reshape(x.shape) if ctx.needs_input_grad[0] else None
+        dw = results.pop(0) if ctx.needs_input_grad[1] else None
         return dx, dw
 
 
@@ -337,24 +344,28 @@ class SwiGLU(Function):
     @staticmethod
     def forward(ctx, x, w1, w2, w3):
         x2 = x.reshape(-1, x.shape[-1])                         # (N, D)
-        h1 = mm(x2, w1.T)                                      # (N, F) gate pre-activation
-        h3 = mm(x2, w3.T)                                      # (N, F) value
-        s = xp.empty_like(h1)
-        hidden = xp.empty_like(h1)
+        N, F = x2.shape[0], w1.shape[0]
+        gate = xp.empty((N, F), dtype=x.dtype)                  # silu(h1)
+        h3 = xp.empty((N, F), dtype=x.dtype)
+        s = xp.empty((N, F), dtype=x.dtype)
+        hidden = xp.empty((N, F), dtype=x.dtype)
+        out = xp.empty((N, w2.shape[0]), dtype=x.dtype)
 
-        def chunk(start, stop):  # elementwise, rows split over the pool (disjoint slices)
-            a, sr = h1[start:stop], s[start:stop]
+        def block(lo, hi):  # every step is row-local: one pass over each row block, in cache
+            xb, a, sr = x2[lo:hi], gate[lo:hi], s[lo:hi]
+            xp.matmul(xb, w1.T, out=a)                          # h1 = x W1^T, gate pre-activation
+            xp.matmul(xb, w3.T, out=h3[lo:hi])                  # h3 = x W3^T, value
             xp.multiply(a, 0.5, out=sr)                         # s = sigmoid(h1)
             xp.tanh(sr, out=sr)                                 #   = (1 + tanh(h1/2)) / 2
             sr *= 0.5                                           #   (as ops.sigmoid_array)
             sr += 0.5
             a *= sr                                             # h1 <- gate = silu(h1) = h1 s
-            xp.multiply(a, h3[start:stop], out=hidden[start:stop])  # hidden = gate * h3
+            xp.multiply(a, h3[lo:hi], out=hidden[lo:hi])        # hidden = gate * h3
+            xp.matmul(hidden[lo:hi], w2.T, out=out[lo:hi])      # y = hidden W2^T
 
-        run_chunks(chunk, h1.shape[0], _elementwise_rows(*h1.shape))
-        gate = h1                                               # (N, F), h1's buffer reused
+        run_blocks(block, N)
         ctx.save_for_backward(x, w1, w2, w3, gate, h3, s, hidden)
-        return mm(hidden, w2.T).reshape(x.shape)             # (..., D)
+        return out.reshape(x.shape)                             # (..., D)
 
     @staticmethod
     def backward(ctx, grad):
@@ -364,32 +375,33 @@ class SwiGLU(Function):
         #   silu(h) = h s(h)  =>  silu'(h) = s + h s (1 - s) = s + silu(h) (1 - s)
         #   (the forward saved s and gate = silu(h1), so h1 itself is not needed)
         #   dW1 = dh1^T x,  dW3 = dh3^T x,  dx = dh1 W1 + dh3 W3
+        # da, dh1, dh3 and dx are row-local (one pass per row block); the weight gradients sum
+        # over all rows, so they are products of their own, blocked over their output rows.
         x, w1, w2, w3, gate, h3, s, hidden = ctx.saved
         x2 = x.reshape(-1, x.shape[-1])                         # (N, D)
         g2 = grad.reshape(-1, grad.shape[-1])                   # (N, D)
-        dw2 = mm(g2.T, hidden)                                 # (D, F)
-        d_hidden = mm(g2, w2)                                  # (N, F), becomes dh1 below
-        dh3 = xp.empty_like(d_hidden)
+        N, F = gate.shape
+        want_dx = ctx.needs_input_grad[0]
+        dh1 = xp.empty((N, F), dtype=grad.dtype)
+        dh3 = xp.empty((N, F), dtype=grad.dtype)
+        dx = xp.empty_like(x2) if want_dx else None
 
-        def chunk(start, stop):
-            da, gr, sr = d_hidden[start:stop], gate[start:stop], s[start:stop]
-            xp.multiply(da, gr, out=dh3[start:stop])            # dh3 = da * silu(h1)
+        def block(lo, hi):
+            da, gr, sr = dh1[lo:hi], gate[lo:hi], s[lo:hi]
+            xp.matmul(g2[lo:hi], w2, out=da)                    # da = dy W2 (becomes dh1)
+            xp.multiply(da, gr, out=dh3[lo:hi])                 # dh3 = da * silu(h1)
             d_silu = gr * sr                                    # silu'(h1) = s + gate - gate s
             xp.subtract(gr, d_silu, out=d_silu)
             d_silu += sr
-            da *= h3[start:stop]                                # dh1 = da * h3 * silu'(h1)
+            da *= h3[lo:hi]                                     # dh1 = da * h3 * silu'(h1)
             da *= d_silu
+            if want_dx:
+                xp.matmul(da, w1, out=dx[lo:hi])                # dx = dh1 W1 + dh3 W3
+                dx[lo:hi] += dh3[lo:hi] @ w3
 
-        run_chunks(chunk, d_hidden.shape[0], _elementwise_rows(*d_hidden.shape))
-        dh1 = d_hidden                                          # (N, F)
-        dw1 = mm(dh1.T, x2)                                    # (F, D)
-        dw3 = mm(dh3.T, x2)                                    # (F, D)
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dx = mm(dh1, w1)                                   # (N, D)
-            dx += mm(dh3, w3)
-            dx = dx.reshape(x.shape)
-        return dx, dw1, dw2, dw3
+        run_blocks(block, N)
+        dw1, dw2, dw3 = mm_many([(dh1.T, x2), (g2.T, hidden), (dh3.T, x2)])  # (F,D) (D,F) (F,D)
+        return (dx.reshape(x.shape) if want_dx else None), dw1, dw2, dw3
 
 
 def swiglu(x, w1, w2, w3):
