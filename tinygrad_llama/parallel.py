@@ -236,3 +236,20 @@ def matmul_many(pairs):
 
     run_chunks(run, len(tasks))
     return outs
+
+
+def _after_fork_in_child():
+    """A forked child has none of the parent's pool threads: forget the pool (a new one is made
+    on first use) and give BLAS back the thread count it had before the parent's pool."""
+    global _pool, _lock, _blas_threads_before_pool
+    _lock = threading.Lock()
+    if _pool is not None:
+        _pool = None
+        control = _blas_control()
+        if control is not None and _blas_threads_before_pool is not None:
+            control[1](_blas_threads_before_pool)
+        _blas_threads_before_pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
