@@ -12,6 +12,7 @@ import data_tools
 from data_tools import DataToolsError
 from tinygrad_llama import LlamaConfig, create_model
 from tinygrad_llama.checkpoint import CheckpointError, load_checkpoint
+from tinygrad_llama.trainer import with_prefix
 
 
 def build_parser():
@@ -39,7 +40,7 @@ def load_run(run_dir, which):
         raise CheckpointError(f"{path}: not a training checkpoint (no model_config)")
     config = LlamaConfig.from_dict(meta["model_config"])
     model = create_model(config, dtype=np.dtype(meta.get("dtype", "float32")))
-    weights = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}
+    weights = with_prefix(arrays, "model.")
     try:
         model.load_state_dict(weights)
     except ValueError as exc:

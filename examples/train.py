@@ -23,7 +23,7 @@ import data_tools  # noqa: E402
 from data_tools import DataToolsError  # noqa: E402
 from tinygrad_llama import LlamaConfig, create_model  # noqa: E402
 from tinygrad_llama.checkpoint import CheckpointError  # noqa: E402
-from tinygrad_llama.trainer import Trainer, TrainConfig, TrainingError  # noqa: E402
+from tinygrad_llama.trainer import Trainer, TrainConfig, TrainingError, with_prefix  # noqa: E402
 
 PRESETS = {
     # the source tutorial's configuration
@@ -241,7 +241,7 @@ def draw_plot(out_dir):
 def print_sample(model, out_dir, tokenizer_path, prompt, n_tokens):
     from tinygrad_llama.checkpoint import load_checkpoint
     arrays, _ = load_checkpoint(os.path.join(out_dir, "best.npz"))
-    model.load_state_dict({k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")})
+    model.load_state_dict(with_prefix(arrays, "model."))
     tokenizer = data_tools.load_tokenizer(tokenizer_path)
     ids = model.generate(tokenizer.encode(prompt), n_tokens, temperature=0.8, top_k=40, seed=0)
     print(f"\nsample from the best checkpoint (temperature 0.8, top-k 40):\n{tokenizer.decode(ids)}\n")

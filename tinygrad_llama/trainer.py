@@ -27,6 +27,12 @@ from .tensor import no_grad
 CHECKPOINT_KIND = "tinygrad_llama-checkpoint-v1"
 
 
+def with_prefix(arrays, prefix):
+    """The arrays whose key starts with `prefix` ("model." or "optimizer."), keyed without it: a
+    training checkpoint stores the model's state_dict and the optimizer's arrays side by side."""
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss, a checkpoint that does not fit, bad settings)."""
 
@@ -134,11 +140,9 @@ class Trainer:
             if saved_train.get(key) != wanted[key]:
                 raise CheckpointError(f"{path}: the run was started with {key}={saved_train.get(key)}, "
                                       f"now {key}={wanted[key]}; resume with the same value")
-        self.model.load_state_dict({k[len("model."):]: v for k, v in arrays.items()
-                                    if k.startswith("model.")})
+        self.model.load_state_dict(with_prefix(arrays, "model."))
         optimizer_state = dict(meta["optimizer"])
-        optimizer_state.update({k[len("optimizer."):]: v for k, v in arrays.items()
-                                if k.startswith("optimizer.")})
+        optimizer_state.update(with_prefix(arrays, "optimizer."))
         optimizer_state.pop("lr", None)   # the schedule sets lr at every step
         self.optimizer.load_state_dict(optimizer_state)
         self.rng = rng_from_json(meta["rng"])
@@ -272,8 +276,7 @@ class Trainer:
         current = self.model.state_dict()
         if os.path.exists(self.path("best.npz")):
             arrays, _ = load_checkpoint(self.path("best.npz"))
-            self.model.load_state_dict({k[len("model."):]: v for k, v in arrays.items()
-                                        if k.startswith("model.")})
+            self.model.load_state_dict(with_prefix(arrays, "model."))
         loss = self.evaluate("test")
         self.model.load_state_dict(current)
         return loss
