@@ -234,12 +234,11 @@ class Trainer:
                 tokens_per_s = window_tokens / max(now - window_time, 1e-9)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
-                if self.step % c.eval_interval == 0 or self.step == c.steps:
+                out_of_time = max_seconds is not None and now - start_time >= max_seconds
+                if self.step % c.eval_interval == 0 or self.step == c.steps or out_of_time:
                     last_record = self._evaluate_and_save(loss, lr, tokens_per_s, now - start_time)
                     window_time, window_tokens = time.perf_counter(), 0
-                elif max_seconds is not None and now - start_time >= max_seconds:
-                    last_record = self._evaluate_and_save(loss, lr, tokens_per_s, now - start_time)
-                if max_seconds is not None and now - start_time >= max_seconds and self.step < c.steps:
+                if out_of_time and self.step < c.steps:
                     time_limited = True
                     break
         bar.close()
@@ -267,8 +266,9 @@ class Trainer:
             self.save("best")
         self.save("latest")
         self._log(record)
-        tqdm.write(f"step {self.step:>6}  train {record['train_loss']:.4f}  val {record['val_loss']:.4f}"
-                   f"  lr {lr:.2e}  {tokens_per_s:,.0f} tok/s") if self.progress else None
+        if self.progress:
+            tqdm.write(f"step {self.step:>6}  train {record['train_loss']:.4f}  val "
+                       f"{record['val_loss']:.4f}  lr {lr:.2e}  {tokens_per_s:,.0f} tok/s")
         return record
 
     def _best_test_loss(self):
