@@ -19,7 +19,7 @@ from . import corpus
 from .atomic import atomic_output
 from .errors import DataToolsError
 from .html_text import html_to_text
-from .parallel import ProgressBar, ordered_map
+from .parallel import ProgressBar, batched, ordered_map
 from .stackexchange import QUESTION, PostsSource, iter_rows, post_from_row
 from .thread_store import ThreadStore
 
@@ -82,7 +82,7 @@ def _read_into_store(source, rows, store, workers, progress):
                dynamic_ncols=True)
     posts_seen = 0
     shown_bytes = 0
-    cleaned = ordered_map(functools.partial(clean_rows, path=source.path), _chunks(rows), workers)
+    cleaned = ordered_map(functools.partial(clean_rows, path=source.path), batched(rows, CHUNK_POSTS), workers)
     try:
         for rows_in_chunk, questions, answers in cleaned:
             store.add_questions(questions)
@@ -112,17 +112,6 @@ def _rows_that_can_be_written(rows, limit):
         except ValueError:
             pass  # not an integer: let post_from_row report it
         yield row
-
-
-def _chunks(rows):
-    chunk = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) == CHUNK_POSTS:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def clean_rows(rows, path):

@@ -14,6 +14,18 @@ class ProgressBar(tqdm):
     monitor_interval = 0
 
 
+def batched(items, size):
+    """Lists of `size` consecutive items (the last may be shorter): the tasks handed to workers."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def ordered_map(function, items, workers, initializer=None, initargs=()):
     """Yield function(item) for each item, in the order of `items`.
 

@@ -26,7 +26,7 @@ import numpy as np
 from .atomic import atomic_output
 from .corpus import iter_documents
 from .errors import DataToolsError
-from .parallel import ProgressBar, ordered_map
+from .parallel import ProgressBar, batched, ordered_map
 from .tokenizers import BPETokenizer, CharTokenizer
 
 SPLITS = ("train", "val", "test")
@@ -163,24 +163,13 @@ def _encode_documents(documents):
 
 def _encode_in_order(tokenizer, documents, workers):
     """Yield the id array of each document, in order, encoded in `workers` processes."""
-    chunks = _batched(documents, _ENCODE_CHUNK_DOCUMENTS)
+    chunks = batched(documents, _ENCODE_CHUNK_DOCUMENTS)
     encoded = ordered_map(_encode_documents, chunks, workers, _set_worker_tokenizer, (tokenizer,))
     try:
         for arrays in encoded:
             yield from arrays
     finally:
         encoded.close()
-
-
-def _batched(items, size):
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _flush(arrays, file, dtype):
