@@ -97,8 +97,10 @@ def summarize(times, cfg):
 
 # ---- workers (each runs in its own process) ------------------------------------------------------
 def worker_ours(cfg, steps, warmup):
+    from tinygrad_llama.backend import keep_freed_memory
     from tinygrad_llama.model import Llama
     from tinygrad_llama.optim import AdamW, clip_grad_norm
+    keep_freed_memory()  # as the Trainer does
     mc = make_config(cfg)
     model = Llama(mc, seed=0)
     opt = AdamW(model.named_parameters(), lr=LR, betas=(0.9, 0.95), weight_decay=0.1)

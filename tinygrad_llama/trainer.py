@@ -18,7 +18,7 @@ from dataclasses import dataclass, asdict
 
 from tqdm import tqdm
 
-from .backend import xp
+from .backend import xp, keep_freed_memory
 from .checkpoint import (CheckpointError, save_checkpoint, load_checkpoint, rng_state_to_json,
                          rng_from_json, check_compatible)
 from .optim import AdamW, clip_grad_norm, cosine_schedule
@@ -91,6 +91,7 @@ class Trainer:
         for name, tokens in (("train", train_tokens), ("val", val_tokens), ("test", test_tokens)):
             if tokens is not None:
                 check_split_size(name, tokens, config.context)
+        keep_freed_memory()  # each step's arrays reuse the last step's memory (no page faults)
         self.optimizer = AdamW(model.named_parameters(), lr=config.lr, betas=(0.9, 0.95),
                                weight_decay=config.weight_decay)
         self.rng = xp.random.default_rng(config.seed)
