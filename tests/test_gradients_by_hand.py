@@ -61,7 +61,8 @@ def test_wrong_swiglu_backward_is_reported(script, monkeypatch, capsys):
 
 def test_wrong_rms_norm_backward_is_reported_with_layer_option(script, monkeypatch, capsys):
     def wrong(ctx, grad):   # dx without the term from r's dependence on x
-        x_hat, r, weight = ctx.saved
+        x, r, weight = ctx.saved
+        x_hat = x * r
         return r * grad * weight, (grad * x_hat).reshape(-1, x_hat.shape[-1]).sum(axis=0)
 
     monkeypatch.setattr(F.RMSNorm, "backward", staticmethod(wrong))

@@ -174,7 +174,8 @@ def test_directional_gradcheck_catches_a_wrong_rms_norm_backward(monkeypatch):
 
     def wrong_backward(ctx, grad):
         # the classic slip: forget that r depends on x (drop the mean term)
-        x_hat, r, weight = ctx.saved
+        x, r, weight = ctx.saved
+        x_hat = x * r
         return r * grad * weight, (grad * x_hat).reshape(-1, x_hat.shape[-1]).sum(axis=0)
 
     monkeypatch.setattr(F.RMSNorm, "backward", staticmethod(wrong_backward))

@@ -13,14 +13,9 @@ from functools import lru_cache
 
 from .backend import xp
 from .ops import sigmoid_array
-from .parallel import run_chunks, run_blocks, row_blocks
+from .parallel import run_chunks, run_blocks, run_tasks, row_blocks, elementwise_rows
 from .parallel import matmul as mm, matmul_many as mm_many  # 2-D products on the pool
 from .tensor import Function, Tensor
-
-
-def _elementwise_rows(n_rows, row_size):
-    """Rows per thread chunk for elementwise work: enough that a chunk outweighs the hand-off."""
-    return max(1, (1 << 16) // max(1, row_size))
 
 
 # ---- Linear: y = x W^T (W shaped (out, in), as in Meta's checkpoints) -------------------------
@@ -93,22 +88,22 @@ class RMSNorm(Function):
         D = x.shape[-1]
         x2 = x.reshape(-1, D)                                          # (N, D)
         r = xp.empty((x2.shape[0], 1), dtype=x.dtype)                  # (N, 1)
-        x_hat = xp.empty_like(x2)                                      # (N, D)
-        out = xp.empty_like(x2)
+        out = xp.empty_like(x2)                                        # (N, D)
 
         def block(lo, hi):  # rows are independent: any split gives the same numbers
-            xb = x2[lo:hi]
-            sq = xb * xb
-            rb = sq.mean(axis=-1, keepdims=True)
+            xb, rb = x2[lo:hi], r[lo:hi]
+            xp.einsum("nd,nd->n", xb, xb, out=rb[:, 0])                # sum_i x_i^2, no temporary
+            rb *= 1.0 / D
             rb += eps
             xp.sqrt(rb, out=rb)
-            xp.divide(1.0, rb, out=r[lo:hi])                           # r = 1/sqrt(mean x^2 + eps)
-            xp.multiply(xb, r[lo:hi], out=x_hat[lo:hi])                # x_hat = x r
-            xp.multiply(x_hat[lo:hi], weight, out=out[lo:hi])          # y = x_hat w
+            xp.divide(1.0, rb, out=rb)                                 # r = 1/sqrt(mean x^2 + eps)
+            xp.multiply(xb, rb, out=out[lo:hi])                        # x_hat = x r
+            out[lo:hi] *= weight                                       # y = x_hat w
 
-        run_chunks(block, x2.shape[0], _elementwise_rows(*x2.shape))
-        # saved in x's shape, (..., D) and (..., 1), as views
-        ctx.save_for_backward(x_hat.reshape(x.shape), r.reshape(x.shape[:-1] + (1,)), weight)
+        run_blocks(block, x2.shape[0], elementwise_rows(D))
+        # x is kept alive by the graph anyway, x_hat = x r would be one more (N, D) array; r in
+        # x's shape, (..., 1)
+        ctx.save_for_backward(x, r.reshape(x.shape[:-1] + (1,)), weight)
         return out.reshape(x.shape)                                    # (..., D)
 
     @staticmethod
@@ -117,33 +112,32 @@ class RMSNorm(Function):
         #   dw_i = sum over tokens of dy_i x_hat_i                     (x_hat = x r)
         #   with g_i = dy_i w_i (the gradient reaching x_hat), and dr/dx_j = -r^3 x_j / D:
         #   dx_j = g_j r + sum_i g_i x_i dr/dx_j = r (g_j - x_hat_j mean_i(g_i x_hat_i))
-        #   (and g_i x_hat_i = (dy_i x_hat_i) w_i: one product serves dw and dx)
         # dw is summed per fixed row block (parallel.row_blocks), then over the blocks in order,
         # so it does not depend on the number of threads.
-        x_hat, r, weight = ctx.saved
-        shape, D = x_hat.shape, x_hat.shape[-1]
-        x_hat, r = x_hat.reshape(-1, D), r.reshape(-1, 1)              # (N, D), (N, 1): views
-        g2 = grad.reshape(-1, D)                                       # (N, D)
+        x, r, weight = ctx.saved
+        D = x.shape[-1]
+        x2, g2, r = x.reshape(-1, D), grad.reshape(-1, D), r.reshape(-1, 1)  # (N, D), (N, 1)
         want_dx, want_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        blocks = row_blocks(g2.shape[0])
-        partial = xp.zeros((len(blocks), D), dtype=grad.dtype)         # dw of each row block
+        blocks = row_blocks(g2.shape[0], elementwise_rows(D))
+        partial = xp.empty((len(blocks), D), dtype=grad.dtype)         # dw of each row block
         dx = xp.empty_like(g2) if want_dx else None
 
-        def block(lo, hi):
-            u = g2[lo:hi] * x_hat[lo:hi]                               # dy x_hat
+        def block(i):
+            lo, hi = blocks[i]
+            x_hat = x2[lo:hi] * r[lo:hi]                               # (n, D)
             if want_dw:
-                u.sum(axis=0, out=partial[blocks.index((lo, hi))])
+                xp.einsum("nd,nd->d", g2[lo:hi], x_hat, out=partial[i])  # sum_n dy x_hat
             if want_dx:
-                u *= weight                                            # g x_hat
-                dot = u.mean(axis=-1, keepdims=True)                   # mean_i(g_i x_hat_i)
-                xp.multiply(x_hat[lo:hi], dot, out=u)
                 g = g2[lo:hi] * weight                                 # g = dy w
-                g -= u
+                dot = xp.einsum("nd,nd->n", g, x_hat)[:, None]         # sum_i g_i x_hat_i
+                dot *= 1.0 / D                                         # mean_i(g_i x_hat_i)
+                x_hat *= dot
+                g -= x_hat
                 xp.multiply(g, r[lo:hi], out=dx[lo:hi])                # r (g - x_hat mean(g x_hat))
 
-        run_blocks(block, g2.shape[0])
+        run_tasks(block, len(blocks))
         dw = partial.sum(axis=0) if want_dw else None                  # (D,)
-        return (dx.reshape(shape) if want_dx else None), dw
+        return (dx.reshape(grad.shape) if want_dx else None), dw
 
 
 def rms_norm(x, weight, eps=1e-5):

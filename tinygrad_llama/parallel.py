@@ -35,7 +35,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 __all__ = ["num_workers", "set_num_workers", "run_chunks", "small_products", "matmul", "matmul_many", "run_blocks",
-           "row_blocks", "run_tasks"]
+           "row_blocks", "run_tasks",
+           "elementwise_rows"]
 
 
 def _cpu_count():
@@ -223,25 +224,27 @@ def run_tasks(fn, n):
 _MIN_BLOCK_ROWS = 256
 
 
-def _row_blocks(m):
-    """How many row blocks a product with m output rows is cut into: a function of m alone, so the
-    blocks (and the BLAS calls, whose kernels can depend on the block's shape) are the same for
-    any number of workers."""
-    return max(1, min(4, m // _MIN_BLOCK_ROWS))
-
-
-def row_blocks(n):
-    """Fixed [lo, hi) row blocks covering range(n): a function of n alone (see _row_blocks)."""
-    k = _row_blocks(n)
+def row_blocks(n, min_rows=_MIN_BLOCK_ROWS):
+    """Fixed [lo, hi) row blocks covering range(n): at most 4, each of at least `min_rows` rows
+    (one block when n is smaller). A function of n and min_rows alone, so the blocks (and the BLAS
+    calls, whose kernels can depend on the block's shape, and any per-block partial sums) are the
+    same for any number of workers."""
+    k = max(1, min(4, n // max(1, min_rows)))
     bounds = [n * i // k for i in range(k + 1)]
     return [(bounds[i], bounds[i + 1]) for i in range(k)]
 
 
-def run_blocks(fn, n):
-    """fn(lo, hi) for each of row_blocks(n), the blocks spread over the pool. For work whose
-    result could depend on where rows are cut (a product's kernels, partial sums): the cuts are
-    the same for any number of workers."""
-    blocks = row_blocks(n)
+def elementwise_rows(row_size):
+    """min_rows for row blocks of elementwise work on rows of `row_size` elements: a block of
+    fewer than 64 Ki elements does not outweigh the hand-off to another thread."""
+    return max(1, (1 << 16) // max(1, row_size))
+
+
+def run_blocks(fn, n, min_rows=_MIN_BLOCK_ROWS):
+    """fn(lo, hi) for each of row_blocks(n, min_rows), the blocks spread over the pool. For work
+    whose result could depend on where rows are cut (a product's kernels, partial sums): the cuts
+    are the same for any number of workers."""
+    blocks = row_blocks(n, min_rows)
     run_tasks(lambda i: fn(*blocks[i]), len(blocks))
 
 
