@@ -255,16 +255,18 @@ class CausalAttention(Function):
 
         def chunk(start, stop):  # each thread: its own slice of batch (or heads), disjoint
             sl = (slice(None),) * axis + (slice(start, stop),)
-            qs, ks, vs, ps, os_ = q[sl], k[sl], v[sl], probs[sl], out[sl]
+            # the scale goes on q (D wide) rather than on the scores (Tk wide)
+            qs, ks, vs, ps, os_ = q[sl] * scale, k[sl], v[sl], probs[sl], out[sl]
             for q0, q1, k_end in blocks:
                 scores = ps[..., q0:q1, :k_end]
                 xp.matmul(qs[..., q0:q1, :], xp.swapaxes(ks[..., :k_end, :], -1, -2),
-                          out=scores)                                   # q k^T
-                scores *= scale
+                          out=scores)                                   # scale q k^T
                 scores += mask[q0:q1, :k_end]
                 scores -= scores.max(axis=-1, keepdims=True)            # softmax, in place
                 xp.exp(scores, out=scores)
-                scores /= scores.sum(axis=-1, keepdims=True)
+                total = xp.einsum("...k->...", scores)[..., None]       # (einsum: 4x a .sum here)
+                xp.divide(1.0, total, out=total)
+                scores *= total
                 xp.matmul(scores, vs[..., :k_end, :], out=os_[..., q0:q1, :])  # P v
 
         run_chunks(chunk, q.shape[axis])
@@ -309,17 +311,19 @@ class CausalAttention(Function):
                     xp.matmul(pt, g, out=dvs)                            # P^T dO
                 else:
                     dvs[..., :k_end, :] += pt @ g
-                row_dot = (g * os_[..., q0:q1, :]).sum(axis=-1, keepdims=True)  # dO_i . O_i
+                row_dot = xp.einsum("...d,...d->...", g, os_[..., q0:q1, :])[..., None]  # dO_i . O_i
                 d_scores = g @ xp.swapaxes(vs[..., :k_end, :], -1, -2)   # dP
                 d_scores -= row_dot
                 d_scores *= p                                            # dS
-                d_scores *= scale                                        # scale dS
-                xp.matmul(d_scores, ks[..., :k_end, :], out=dqs[..., q0:q1, :])  # dq = scale dS k
+                dq_block = dqs[..., q0:q1, :]
+                xp.matmul(d_scores, ks[..., :k_end, :], out=dq_block)
+                dq_block *= scale                                        # dq = scale dS k
                 ds_t = xp.swapaxes(d_scores, -1, -2)
                 if first:
-                    xp.matmul(ds_t, qs[..., q0:q1, :], out=dks)          # dk = scale dS^T q
+                    xp.matmul(ds_t, qs[..., q0:q1, :], out=dks)          # dS^T q
                 else:
                     dks[..., :k_end, :] += ds_t @ qs[..., q0:q1, :]
+            dks *= scale                                                 # dk = scale dS^T q
 
         run_chunks(chunk, q.shape[axis])
         return dq, dk, dv
