@@ -155,28 +155,9 @@ def run_chunks(fn, n, min_items=1):
     """Call fn(start, stop) over disjoint contiguous chunks that cover range(n), one per worker
     (fewer when n is small: every chunk has at least `min_items` items), and wait for all. With
     one worker or one chunk it runs in the calling thread. The first exception is re-raised."""
-    workers = num_workers()
-    chunks = max(1, min(workers, n // max(1, min_items)))
-    if chunks == 1:
-        with small_products():
-            fn(0, n)
-        return
+    chunks = max(1, min(num_workers(), n // max(1, min_items)))
     bounds = [n * i // chunks for i in range(chunks + 1)]
-    pool = _get_pool()
-    errors = []
-    # chunks 1.. go to the pool; the calling thread runs chunk 0 meanwhile (one hand-off fewer)
-    futures = [pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, chunks)]
-    try:
-        fn(bounds[0], bounds[1])
-    except BaseException as error:  # noqa: BLE001
-        errors.append(error)
-    for f in futures:  # wait for every chunk, even after one failed: they write shared outputs
-        try:
-            f.result()
-        except BaseException as error:  # noqa: BLE001
-            errors.append(error)
-    if errors:
-        raise errors[0]
+    run_tasks(lambda i: fn(bounds[i], bounds[i + 1]), chunks)
 
 
 def run_tasks(fn, n):
