@@ -3,6 +3,7 @@
     python examples/benchmark.py                                   # seed, laptop, wide at 2 and 1 threads
     python examples/benchmark.py --configs laptop --threads 2 --steps 30
     python examples/benchmark.py --quick --no-torch                # a fast look at our engine only
+    python examples/benchmark.py --configs seed --threads 1 --no-torch --profile   # where a step goes
 
 Every measurement runs in its own child process, so that
   * the BLAS thread count is fixed before NumPy (or PyTorch) is imported: OPENBLAS_NUM_THREADS,
@@ -28,6 +29,9 @@ Per config and thread count it measures:
     attention products (q k^T and P v, 2 * T * D each per token and layer forward) times 3,
     counted over the full T x T square (the causal half is not subtracted, as in common MFU
     accounting). MFU is that over the measured NumPy matmul peak.
+With --profile, our engine's run also times every Function's forward and backward (wrapped with a
+timer, which adds about a microsecond per call) and prints them per step, with the optimizer and
+the rest (the engine's own Python: graph records, the backward walk, gradient bookkeeping).
 Then, once: generation tokens/s at context 256 with and without the KV cache, and data_tools
 clean MB/s on a generated Posts.xml (or the bundled sample when that generator is not there).
 
@@ -96,11 +100,39 @@ def summarize(times, cfg):
 
 
 # ---- workers (each runs in its own process) ------------------------------------------------------
-def worker_ours(cfg, steps, warmup):
+def time_functions():
+    """Wrap the forward and backward of every Function in ops.py and functional.py with a timer.
+    Returns the dict {"Name.forward" | "Name.backward": [seconds, calls]} that they add to."""
+    from collections import defaultdict
+    from tinygrad_llama import functional, ops
+    from tinygrad_llama.tensor import Function
+    totals = defaultdict(lambda: [0.0, 0])
+
+    def timed(fn, key):
+        def run(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                entry = totals[key]
+                entry[0] += time.perf_counter() - t0
+                entry[1] += 1
+        return staticmethod(run)
+
+    for module in (ops, functional):
+        for cls in vars(module).values():
+            if isinstance(cls, type) and issubclass(cls, Function) and "forward" in vars(cls):
+                cls.forward = timed(cls.forward, cls.__name__ + ".forward")
+                cls.backward = timed(cls.backward, cls.__name__ + ".backward")
+    return totals
+
+
+def worker_ours(cfg, steps, warmup, profile=False):
     from tinygrad_llama.backend import keep_freed_memory
     from tinygrad_llama.model import Llama
     from tinygrad_llama.optim import AdamW, clip_grad_norm
     keep_freed_memory()  # as the Trainer does
+    totals = time_functions() if profile else None
     mc = make_config(cfg)
     model = Llama(mc, seed=0)
     opt = AdamW(model.named_parameters(), lr=LR, betas=(0.9, 0.95), weight_decay=0.1)
@@ -121,7 +153,12 @@ def worker_ours(cfg, steps, warmup):
         del loss
         if i >= warmup:
             times.append((t1 - t0, t2 - t1, t3 - t2))
+        elif totals is not None and i == warmup - 1:
+            totals.clear()  # count the timed steps only
     r = summarize(times, cfg)
+    if totals is not None:  # [name, ms per step, calls per step], the most expensive first
+        r["profile"] = sorted(([k, v[0] * 1e3 / steps, v[1] / steps] for k, v in totals.items()),
+                              key=lambda row: -row[1])
     r.update(first_loss=losses[0], last_loss=losses[-1], rss_mb=peak_rss_mb(),
              flop_per_token=flop_per_token(cfg, mc))
     return r
@@ -243,7 +280,12 @@ def worker_torch(cfg, steps, warmup, threads, sdpa):
         t3 = time.perf_counter()
         if i >= warmup:
             times.append((t1 - t0, t2 - t1, t3 - t2))
+        elif totals is not None and i == warmup - 1:
+            totals.clear()  # count the timed steps only
     r = summarize(times, cfg)
+    if totals is not None:  # [name, ms per step, calls per step], the most expensive first
+        r["profile"] = sorted(([k, v[0] * 1e3 / steps, v[1] / steps] for k, v in totals.items()),
+                              key=lambda row: -row[1])
     r.update(first_loss=losses[0], last_loss=losses[-1], rss_mb=peak_rss_mb())
     return r
 
@@ -326,7 +368,7 @@ def worker_clean(quick, threads):
 def run_worker(args):
     cfg = CONFIGS.get(args.config)
     if args.worker == "ours":
-        r = worker_ours(cfg, args.steps, args.warmup)
+        r = worker_ours(cfg, args.steps, args.warmup, args.profile)
     elif args.worker in ("torch", "torch_sdpa"):
         r = worker_torch(cfg, args.steps, args.warmup, args.threads[0], args.worker == "torch_sdpa")
     elif args.worker == "peak":
@@ -341,7 +383,8 @@ def run_worker(args):
 
 
 # ---- the driver ----------------------------------------------------------------------------------
-def spawn(kind, threads, config=None, steps=None, warmup=None, quick=False, timeout=1800):
+def spawn(kind, threads, config=None, steps=None, warmup=None, quick=False, profile=False,
+          timeout=1800):
     env = dict(os.environ)
     for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[name] = str(threads)
@@ -350,6 +393,8 @@ def spawn(kind, threads, config=None, steps=None, warmup=None, quick=False, time
         cmd += ["--configs", config, "--steps", str(steps), "--warmup", str(warmup)]
     if quick:
         cmd.append("--quick")
+    if profile:
+        cmd.append("--profile")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -382,6 +427,9 @@ def main():
     p.add_argument("--quick", action="store_true", help="fewer steps, smaller extras")
     p.add_argument("--no-extras", action="store_true", help="skip generation and data_tools clean")
     p.add_argument("--json", help="also write every result to this file")
+    p.add_argument("--profile", action="store_true",
+                   help="also time each Function's forward and backward in our engine (adds a "
+                        "little overhead to every op) and print where a step's time goes")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     args.threads = [int(t) for t in args.threads.split(",")]
@@ -421,7 +469,8 @@ def main():
             kinds = ["ours"] + (["torch", "torch_sdpa"] if use_torch else [])
             for _ in range(args.rounds):  # interleaved rounds, the best of each: load spikes
                 for kind in kinds:        # on a shared machine only ever slow a run down
-                    r = spawn(kind, threads, cname, args.steps, args.warmup)
+                    r = spawn(kind, threads, cname, args.steps, args.warmup,
+                              profile=args.profile and kind == "ours")
                     if r and (run.get(kind) is None or r["tok_s"] > run[kind]["tok_s"]):
                         run[kind] = r
             results["runs"].append(run)
@@ -458,6 +507,21 @@ def main():
         print(f"| {run['config']} | {run['threads']} | {split(o)} | {split(t)} | "
               f"{split(run.get('torch_sdpa'))} | {fmt(o and o['first_loss'], '.4f')} / "
               f"{fmt(t and t['first_loss'], '.4f')} |")
+    for run in results["runs"]:
+        o = run["ours"]
+        if o and o.get("profile"):
+            step_ms = o["step_ms"]
+            inside = sum(row[1] for row in o["profile"])
+            print(f"\n### Where a step goes: {run['config']}, {run['threads']} thread(s) "
+                  f"(median step {step_ms:.1f} ms; ms per step, calls per step)\n")
+            print("| Function | ms | calls |\n|---|---|---|")
+            for name, ms, calls in o["profile"]:
+                if ms >= 0.005:
+                    print(f"| {name} | {ms:.2f} | {calls:g} |")
+            print(f"| (all Functions) | {inside:.2f} | |")
+            print(f"| (optimizer: clip + AdamW) | {o['opt_ms']:.2f} | |")
+            print(f"| (the rest: the engine's own Python, data) | "
+                  f"{step_ms - inside - o['opt_ms']:.2f} | |")
     print("\nNumPy float32 matmul peak: " + ", ".join(
         f"{th} thread(s) {r['gflops']:.0f} GFLOP/s {r['detail']}" for th, r in results["peak"].items() if r))
     print("FLOP per token = 6 * P + 12 * L * T * D (P: non-embedding matrix parameters incl. the "

@@ -1,0 +1,30 @@
+"""examples/benchmark.py end to end on the tiny config, our engine only: the throughput table and
+the per-Function profile (--profile) come out, and --json holds the same numbers."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_benchmark_profiles_a_tiny_run(tmp_path):
+    out_json = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "benchmark.py"), "--configs", "tiny",
+         "--threads", "1", "--no-torch", "--no-extras", "--profile", "--steps", "2", "--warmup", "1",
+         "--rounds", "1", "--quick", "--json", str(out_json)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert re.search(r"^\| tiny \| 1 \| [\d,]+ \|", out, re.M), out
+    assert "### Where a step goes: tiny, 1 thread(s)" in out
+    run = json.loads(out_json.read_text())["runs"][0]["ours"]
+    rows = {name: (ms, calls) for name, ms, calls in run["profile"]}
+    # the model's fused layers, once per layer (tiny: 2 layers) and per step
+    assert rows["SwiGLU.forward"][1] == 2 and rows["SwiGLU.backward"][1] == 2
+    assert rows["CrossEntropy.forward"][1] == 1
+    inside = sum(ms for ms, _ in rows.values())
+    assert 0 < inside < run["step_ms"]  # the Functions are part of the step, not more
+    assert f"| (all Functions) | {inside:.2f} | |" in out
