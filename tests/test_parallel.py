@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from tinygrad_llama import parallel
+from tinygrad_llama import functional as F, parallel
 from tinygrad_llama.model import Llama, LlamaConfig
 from tinygrad_llama.optim import AdamW, clip_grad_norm
 
@@ -104,3 +104,53 @@ def test_training_steps_are_bit_identical_for_any_worker_count(workers):
     assert state_1.keys() == state_2.keys()
     for name in state_1:
         assert np.array_equal(state_1[name], state_2[name]), name
+
+
+# ---- products computed later (weight gradients) ---------------------------------------------------
+@pytest.mark.parametrize("n_workers", [1, 2])
+def test_matmul_later_gives_the_product_after_wait_later(workers, n_workers):
+    workers(n_workers)
+    rng = np.random.default_rng(4)
+    pairs = [(rng.standard_normal((300, 200), dtype=np.float32), rng.standard_normal((200, 100), dtype=np.float32))
+             for _ in range(4)]
+    outs = [parallel.matmul_later(a, b) for a, b in pairs]
+    if n_workers == 1:
+        assert not any(parallel.pending(o) for o in outs)  # computed right away
+    parallel.wait_later()
+    assert not any(parallel.pending(o) for o in outs)
+    for (a, b), out in zip(pairs, outs):
+        assert np.array_equal(out, a @ b)
+
+
+def test_wait_later_reraises_a_failed_product(workers):
+    workers(2)
+    bad = parallel.matmul_later(np.ones((2, 3), np.float32), np.ones((4, 5), np.float32))
+    assert bad.shape == (2, 5)
+    with pytest.raises(ValueError):
+        parallel.wait_later()
+    parallel.wait_later()  # nothing left over
+
+
+def _gradients(n_workers, build):
+    """Gradients of sum(build(x, w) * u) with respect to x and w, with n_workers threads."""
+    from tinygrad_llama.tensor import Tensor
+    parallel.set_num_workers(n_workers)
+    rng = np.random.default_rng(6)
+    x = Tensor(rng.standard_normal((600, 16)), requires_grad=True)   # 600 rows: several blocks
+    w = Tensor(rng.standard_normal((16, 16)), requires_grad=True)
+    y = build(x, w)
+    y.backward(rng.standard_normal(y.shape))
+    assert not parallel.pending(w.grad)
+    return x.grad, w.grad
+
+
+@pytest.mark.parametrize("build", [
+    lambda x, w: F.linear(F.linear(x, w), w),              # one weight, two gradients to add up
+    lambda x, w: F.linear(x, w * 2.0),                     # the weight gradient flows on to Mul
+    lambda x, w: F.linear(x, (w * 1.0).retain_grad()),     # ... and is kept on a non-leaf
+], ids=["shared", "through-an-op", "retained"])
+def test_weight_gradients_computed_later_are_waited_for(workers, build):
+    one = _gradients(1, build)
+    two = _gradients(2, build)
+    for a, b in zip(one, two):
+        assert np.array_equal(a, b)

@@ -14,7 +14,7 @@ from functools import lru_cache
 from .backend import xp
 from .ops import sigmoid_array
 from .parallel import run_chunks, run_blocks, run_tasks, row_blocks, elementwise_rows
-from .parallel import matmul as mm, matmul_many as mm_many  # 2-D products on the pool
+from .parallel import matmul as mm, matmul_later as mm_later  # 2-D products on the pool
 from .tensor import Function, Tensor
 
 
@@ -33,14 +33,9 @@ class Linear(Function):
         #   dW[o, i] = sum_n dy[n, o] x[n, i]   -> dW = dy^T x, one 2-D product over all tokens
         x, weight = ctx.saved
         g2 = grad.reshape(-1, grad.shape[-1])              # (N, out)
-        pairs = []                                         # both products in one pool round
-        if ctx.needs_input_grad[0]:
-            pairs.append((g2, weight))                     # dx = dy W
-        if ctx.needs_input_grad[1]:
-            pairs.append((g2.T, x.reshape(-1, x.shape[-1])))  # dW = dy^T x, (out, in)
-        results = mm_many(pairs)
-        dx = results.pop(0).reshape(x.shape) if ctx.needs_input_grad[0] else None
-        dw = results.pop(0) if ctx.needs_input_grad[1] else None
+        # dW is not needed before the optimizer: its product runs on another thread meanwhile
+        dw = mm_later(g2.T, x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None
+        dx = mm(g2, weight).reshape(x.shape) if ctx.needs_input_grad[0] else None
         return dx, dw
 
 
@@ -398,7 +393,8 @@ class SwiGLU(Function):
                 dx[lo:hi] += dh3[lo:hi] @ w3
 
         run_blocks(block, N)
-        dw1, dw2, dw3 = mm_many([(dh1.T, x2), (g2.T, hidden), (dh3.T, x2)])  # (F,D) (D,F) (F,D)
+        # (F, D), (D, F), (F, D), on another thread while the backward walk goes on (see Linear)
+        dw1, dw2, dw3 = mm_later(dh1.T, x2), mm_later(g2.T, hidden), mm_later(dh3.T, x2)
         return (dx.reshape(x.shape) if want_dx else None), dw1, dw2, dw3
 
 

@@ -3,10 +3,17 @@
 `a @ b` on stacked (batch, m, k) arrays runs one BLAS call per matrix, one after another. Each call
 is too small for the BLAS library to split well over its own threads (with two threads it mostly
 synchronises; on a busy machine it can be many times slower than one thread), and the Python thread
-that loops over them uses one core. `run_chunks(fn, n)` splits range(n) into contiguous, disjoint
-chunks and runs `fn(start, stop)` on each: the first in the calling thread, the others in pool
-threads (workers - 1 of them). NumPy releases the GIL inside matmul and
-inside ufuncs on large arrays, so the chunks run on different cores at the same time.
+that loops over them uses one core. `run_tasks(fn, n)` calls fn(i) for each i in range(n): the
+calling thread and the pool threads (workers - 1 of them) each take the next task not yet started.
+`run_chunks(fn, n)` runs `fn(start, stop)` that way over contiguous, disjoint chunks of range(n),
+`run_blocks` over fixed row blocks. NumPy releases the GIL inside matmul and inside ufuncs on
+large arrays, so the tasks run on different cores at the same time.
+
+Weight gradients are not needed until the optimizer runs, so `matmul_later(a, b)` starts a product
+on a pool thread and returns its (not yet filled) output at once: Linear and SwiGLU compute dW that
+way while the calling thread walks on through the backward pass. The engine's walk waits
+(`wait_later`) before it reads such an array and before backward() returns. With one worker it is
+an ordinary product.
 
 Determinism: each chunk writes only its own slice of the outputs and every element is computed by
 the same sequence of operations whatever the chunking (products per matrix, reductions per row),
@@ -36,7 +43,7 @@ from contextlib import contextmanager
 
 __all__ = ["num_workers", "set_num_workers", "run_chunks", "small_products", "matmul", "matmul_many", "run_blocks",
            "row_blocks", "run_tasks",
-           "elementwise_rows"]
+           "elementwise_rows", "matmul_later", "pending", "wait_later"]
 
 
 def _cpu_count():
@@ -192,10 +199,59 @@ def run_tasks(fn, n):
     except BaseException as error:  # noqa: BLE001
         errors.append(error)
     for f in futures:  # wait for every task, even after one failed: they write shared outputs
+        if f.cancel():  # never started (its thread was busy with a product from matmul_later)
+            continue
         try:
             f.result()
         except BaseException as error:  # noqa: BLE001
             errors.append(error)
+    if errors:
+        raise errors[0]
+
+
+# ---- products whose result is needed later --------------------------------------------------------
+_later = []            # (future, a, b, out) of the products matmul_later started
+_later_outputs = {}    # id(output array) -> output array, while its product may be running
+
+
+def matmul_later(a, b):
+    """a @ b, computed on a pool thread while the caller goes on; with one worker, right away.
+
+    For weight gradients: the backward walk needs dx at once but dW only at the end, so dW's
+    product runs on the second core while the first walks on. The result must not be read
+    before `wait_later()` (or while `pending(out)`): the engine's backward walk waits before it
+    reads, adds to or passes on such an array, and before it returns."""
+    from .backend import xp
+    out = xp.empty((a.shape[0], b.shape[1]), dtype=xp.result_type(a.dtype, b.dtype))
+    if num_workers() == 1:
+        with small_products():
+            xp.matmul(a, b, out=out)
+        return out
+    _later.append((_get_pool().submit(xp.matmul, a, b, out=out), a, b, out))
+    _later_outputs[id(out)] = out  # kept alive, so its id is not reused while pending
+    return out
+
+
+def pending(array):
+    """Whether `array` is the output of a matmul_later product that may still be running."""
+    return bool(_later_outputs) and id(array) in _later_outputs
+
+
+def wait_later():
+    """Wait for every product started by matmul_later; the first error is re-raised. A product
+    whose thread has not started it yet is computed here, in the calling thread, meanwhile."""
+    from .backend import xp
+    errors = []
+    for future, a, b, out in _later:
+        try:
+            if future.cancel():
+                xp.matmul(a, b, out=out)
+            else:
+                future.result()
+        except BaseException as error:  # noqa: BLE001
+            errors.append(error)
+    _later.clear()
+    _later_outputs.clear()
     if errors:
         raise errors[0]
 
@@ -264,6 +320,8 @@ def _after_fork_in_child():
     on first use) and give BLAS back the thread count it had before the parent's pool."""
     global _pool, _lock, _blas_threads_before_pool
     _lock = threading.Lock()
+    _later.clear()  # products the parent's threads were computing: not this process's
+    _later_outputs.clear()
     if _pool is not None:
         _pool = None
         control = _blas_control()

@@ -8,7 +8,9 @@ calls each `Function.backward(ctx, grad)`, which returns one gradient per input.
 The engine, not the ops, does three things for every gradient an op returns:
   * un-broadcasts it: sums it back to its input's shape (so `Add.backward` may return `grad` as is);
   * checks its shape and dtype against the input and names the op if they differ;
-  * accumulates it: in place when the engine owns the array, else by making a new one.
+  * accumulates it: in place when the engine owns the array, else by making a new one;
+  * waits for it when its product still runs on another thread (parallel.matmul_later, used for
+    weight gradients) before reading it, and for all of them before backward() returns.
 """
 from contextlib import contextmanager
 
@@ -162,6 +164,16 @@ class Tensor:
                 raise ValueError(f"backward(): upstream gradient has shape {grad.shape}, "
                                  f"the tensor has shape {self.shape}")
 
+        try:
+            self._walk_backward(grad, retain_graph)
+        finally:
+            parallel.wait_later()  # weight-gradient products still running (see below)
+
+    def _walk_backward(self, grad, retain_graph):
+        # A Function's backward may return a gradient whose product is still running on another
+        # thread (parallel.matmul_later: weight gradients, needed only by the optimizer). Such an
+        # array may be stored as a leaf's .grad, but before the walk reads it, adds to it, or
+        # passes it to a backward, it waits for it (`_ready`).
         # pending[id(t)] = [gradient so far, whether the engine alone owns that array]
         pending = {id(self): [grad, True]}
         for node in _reverse_topological_order(self):
@@ -174,6 +186,7 @@ class Tensor:
                 _store_grad(node, g, owned and ctx is None)  # a retained one is still used below
             if ctx is None:
                 continue
+            _ready(g)
             if not hasattr(ctx, "parents"):
                 raise RuntimeError("backward() through a graph that was already released: call "
                                    "backward(retain_graph=True) the first time to go through it twice")
@@ -186,6 +199,7 @@ class Tensor:
                 returned = parent_grad
                 parent_data = parent.data
                 if returned.shape != parent_data.shape:
+                    _ready(returned)
                     parent_grad = _unbroadcast(returned, parent_data.shape, ctx.function)
                 if parent_grad.dtype != parent_data.dtype:
                     raise TypeError(f"{ctx.function.__name__}.backward returned a {parent_grad.dtype} "
@@ -199,7 +213,9 @@ class Tensor:
                 slot = pending.get(id(parent))
                 if slot is None:
                     pending[id(parent)] = [parent_grad, mine]
-                elif slot[1]:
+                    continue
+                _ready(slot[0], parent_grad)
+                if slot[1]:
                     slot[0] += parent_grad
                 else:
                     slot[0] = slot[0] + parent_grad
@@ -326,9 +342,19 @@ def _unbroadcast(grad, shape, function):
     return summed.reshape(shape)
 
 
+def _ready(*arrays):
+    """Wait for the products still running on other threads if any of `arrays` is theirs."""
+    if any(parallel.pending(a) for a in arrays):
+        parallel.wait_later()
+
+
 def _store_grad(tensor, grad, owned):
+    if tensor.grad is None and owned:
+        tensor.grad = grad  # may still be filled in by another thread: backward() waits for it
+        return
+    _ready(grad)
     if tensor.grad is None:
-        tensor.grad = grad if owned else xp.array(grad)
+        tensor.grad = xp.array(grad)
     else:
         tensor.grad += grad
 
@@ -427,4 +453,4 @@ def _same_float_dtype(tensors, name):
     return tensors
 
 
-from . import ops  # noqa: E402  (ops needs Function from this module)
+from . import ops, parallel  # noqa: E402  (ops needs Function from this module)
