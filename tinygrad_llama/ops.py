@@ -327,7 +327,7 @@ class Reshape(Function):
 class Permute(Function):
     @staticmethod
     def forward(ctx, x, axes):
-        ctx.inverse = tuple(int(i) for i in xp.argsort(axes))
+        ctx.inverse = tuple(sorted(range(len(axes)), key=axes.__getitem__))  # argsort, in Python
         return x.transpose(axes)
 
     @staticmethod
