@@ -280,12 +280,7 @@ def worker_torch(cfg, steps, warmup, threads, sdpa):
         t3 = time.perf_counter()
         if i >= warmup:
             times.append((t1 - t0, t2 - t1, t3 - t2))
-        elif totals is not None and i == warmup - 1:
-            totals.clear()  # count the timed steps only
     r = summarize(times, cfg)
-    if totals is not None:  # [name, ms per step, calls per step], the most expensive first
-        r["profile"] = sorted(([k, v[0] * 1e3 / steps, v[1] / steps] for k, v in totals.items()),
-                              key=lambda row: -row[1])
     r.update(first_loss=losses[0], last_loss=losses[-1], rss_mb=peak_rss_mb())
     return r
 

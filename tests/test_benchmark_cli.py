@@ -28,3 +28,19 @@ def test_benchmark_profiles_a_tiny_run(tmp_path):
     inside = sum(ms for ms, _ in rows.values())
     assert 0 < inside < run["step_ms"]  # the Functions are part of the step, not more
     assert f"| (all Functions) | {inside:.2f} | |" in out
+
+
+def test_benchmark_compares_with_pytorch_when_installed():
+    import importlib.util
+    if importlib.util.find_spec("torch") is None:
+        import pytest
+        pytest.skip("PyTorch is not installed (it is optional, for this comparison only)")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "benchmark.py"), "--configs", "tiny",
+         "--threads", "1", "--no-extras", "--steps", "2", "--warmup", "1", "--rounds", "1", "--quick"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0 and "failed" not in proc.stderr, proc.stderr
+    row = re.search(r"^\| tiny \| 1 \| [\d,]+ \| [\d,]+ / [\d,]+ \| (\d+\.\d\d) \|", proc.stdout, re.M)
+    assert row, proc.stdout
+    first = re.search(r"^\| tiny \| 1 \| .* \| (\d\.\d{4}) / (\d\.\d{4}) \|$", proc.stdout, re.M)
+    assert first and first.group(1) == first.group(2)  # the same model, weights and data
