@@ -48,6 +48,9 @@ class Function:
     `backward(ctx, grad)` -> one gradient (or None) per array input. Both work on plain arrays.
 
     A backward returns new arrays or views of `grad`, never an array saved from the forward pass.
+    It may return a weight gradient whose product is still running on another thread
+    (`parallel.matmul_later`): the engine waits for it; if you call a backward yourself, call
+    `parallel.wait_later()` before reading what it returned.
     """
 
     @staticmethod
