@@ -27,6 +27,7 @@ import re
 
 import numpy as np
 
+from .atomic import atomic_output
 from .errors import DataToolsError
 
 EOT = "<|endoftext|>"
@@ -39,7 +40,19 @@ def _as_texts(texts):
     return [texts] if isinstance(texts, str) else texts
 
 
-class CharTokenizer:
+class _JsonFile:
+    """`save(path)` and `Class.load(path)` through the subclass's to_json / from_json."""
+
+    def save(self, path):
+        """Write the tokenizer as JSON; an existing file is replaced only when writing succeeded."""
+        _write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path):
+        return _load_as(path, cls)
+
+
+class CharTokenizer(_JsonFile):
     kind = "char"
 
     def __init__(self, chars):
@@ -114,15 +127,8 @@ class CharTokenizer:
     def from_json(cls, data):
         return cls(data["chars"])
 
-    def save(self, path):
-        _write_json(path, self.to_json())
 
-    @classmethod
-    def load(cls, path):
-        return _load_as(path, cls)
-
-
-class BPETokenizer:
+class BPETokenizer(_JsonFile):
     kind = "bpe"
     eot_id = 256
 
@@ -247,13 +253,6 @@ class BPETokenizer:
             raise ValueError("tokenizer file was made with a different pre-tokenizer")
         return cls(data["merges"])
 
-    def save(self, path):
-        _write_json(path, self.to_json())
-
-    @classmethod
-    def load(cls, path):
-        return _load_as(path, cls)
-
 
 def _merge_pair(ids, pair, new_id):
     """`ids` with each non-overlapping occurrence of `pair`, left to right, replaced by new_id."""
@@ -311,6 +310,6 @@ def _read_json(path):
 
 
 def _write_json(path, data):
-    with open(path, "w", encoding="utf-8") as file:
+    with atomic_output(path) as temp_path, open(temp_path, "w", encoding="utf-8") as file:
         json.dump(data, file, ensure_ascii=True)
         file.write("\n")

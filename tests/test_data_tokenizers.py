@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from data_tools import BPETokenizer, CharTokenizer, DataToolsError, load_tokenizer
+from data_tools import BPETokenizer, CharTokenizer, DataToolsError, load_tokenizer, tokenizers
 
 TRAINING_TEXT = ("Let $f(x) = x^2 < 4$ for all $x$ in the interval. Then the integral converges.\n\n"
                  "    def f(x):\n        return x * x\n\nThe the the then there these. 12345 + 67890 = 80235\n") * 20
@@ -114,3 +114,19 @@ def test_decode_accepts_numpy_arrays_and_rejects_out_of_range(bpe):
         bpe.decode([bpe.vocab_size])
     with pytest.raises(DataToolsError):
         BPETokenizer.train("abc", 100)
+
+
+def test_a_failed_save_leaves_the_existing_file_and_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "tok.json"
+    CharTokenizer.train("abc").save(path)
+    before = path.read_bytes()
+
+    def broken_dump(obj, file, **kwargs):
+        file.write('{"kind": "ch')     # half a file, then the failure
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tokenizers.json, "dump", broken_dump)
+    with pytest.raises(KeyboardInterrupt):
+        CharTokenizer.train("xyz").save(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok.json"]
