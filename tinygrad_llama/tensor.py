@@ -5,7 +5,7 @@ A Tensor wraps an array (`.data`). Applying a Function to tensors computes the o
 input tensors on the output. `Tensor.backward()` walks those records in reverse topological order and
 calls each `Function.backward(ctx, grad)`, which returns one gradient per input.
 
-The engine, not the ops, does three things for every gradient an op returns:
+The engine, not the ops, does four things for every gradient an op returns:
   * un-broadcasts it: sums it back to its input's shape (so `Add.backward` may return `grad` as is);
   * checks its shape and dtype against the input and names the op if they differ;
   * accumulates it: in place when the engine owns the array, else by making a new one;
