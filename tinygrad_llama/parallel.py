@@ -210,8 +210,8 @@ def run_tasks(fn, n):
 
 
 # ---- products whose result is needed later --------------------------------------------------------
-_later = []            # (future, a, b, out) of the products matmul_later started
-_later_outputs = {}    # id(output array) -> output array, while its product may be running
+_later = []            # (future, a, b, out) of the products matmul_later started; keeps `out`
+_later_outputs = set()  # alive, so these ids of outputs still being computed are not reused
 
 
 def matmul_later(a, b):
@@ -228,7 +228,7 @@ def matmul_later(a, b):
             xp.matmul(a, b, out=out)
         return out
     _later.append((_get_pool().submit(xp.matmul, a, b, out=out), a, b, out))
-    _later_outputs[id(out)] = out  # kept alive, so its id is not reused while pending
+    _later_outputs.add(id(out))
     return out
 
 
