@@ -169,6 +169,22 @@ def numpy_causal_attention(q, k, v):
     return out
 
 
+@pytest.mark.parametrize("Tq, Tk", [(6, 6), (5, 8), (256, 256)])  # (256: four query blocks)
+def test_causal_attention_float32_survives_scores_far_above_the_own_key(Tq, Tk):
+    # The forward subtracts each query's score for its own key before exp. Here every query
+    # scores key 0 at 450 and its own key at 0, so e^(450) overflows float32: the block must be
+    # redone with the row max, giving (nearly) all weight to key 0.
+    rng = np.random.default_rng(0)
+    q = np.zeros((1, 2, Tq, 4), np.float32)
+    k = np.zeros((1, 2, Tk, 4), np.float32)
+    q[..., 0], k[:, :, 0, 0] = 30.0, 30.0                      # s_i0 = 30 * 30 / sqrt(4) = 450
+    v = rng.standard_normal((1, 2, Tk, 4)).astype(np.float32)
+    out = F.causal_attention(Tensor(q), Tensor(k), Tensor(v)).data
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, numpy_causal_attention(q.astype(np.float64), k.astype(np.float64),
+                                                           v.astype(np.float64)), rtol=1e-5, atol=1e-6)
+
+
 @FAST
 @given(B=small, H=small, Tq=st.integers(1, 4), extra=st.integers(0, 3), D=st.integers(1, 5), seed=seeds)
 def test_causal_attention_matches_reference(B, H, Tq, extra, D, seed):
