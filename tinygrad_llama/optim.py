@@ -219,6 +219,7 @@ class AdamW(_FlatOptimizer):
         bc1, bc2 = 1.0 - b1 ** t, 1.0 - b2 ** t
         decay_end = self.n_decayed if wd else 0
         decay = 1.0 - lr * wd
+        eps_scaled, step_size = eps * math.sqrt(bc2), lr * math.sqrt(bc2) / bc1
 
         def update(lo, hi):
             # the same operations for every element in the same order, whatever the blocking
@@ -232,11 +233,11 @@ class AdamW(_FlatOptimizer):
             vb *= b2
             vb += gb
             # g <- lr * m_hat / (sqrt(v_hat) + eps) = (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps)
+            #    = (lr sqrt(bc2)/bc1) * m / (sqrt(v) + eps sqrt(bc2)): one pass fewer
             xp.sqrt(vb, out=gb)
-            gb *= 1.0 / math.sqrt(bc2)
-            gb += eps
+            gb += eps_scaled
             xp.divide(mb, gb, out=gb)
-            gb *= lr / bc1
+            gb *= step_size
             if lo < decay_end:  # p - lr*wd*p, with p before this step's update
                 flat[lo:min(hi, decay_end)] *= decay
             flat[lo:hi] -= gb
