@@ -266,14 +266,15 @@ class CausalAttention(Function):
                 # usual c_i is the row's max, but a max along short rows costs more than the rest
                 # of the softmax. Query i always sees its own key, so c_i = s_ii (a diagonal,
                 # copied out) keeps the row's largest exp >= 1: the total never underflows, and
-                # a term that does is below e^-87 of the total. Only s_ij - s_ii > 88 overflows;
-                # then the total is inf and the block is done again with the row max.
+                # a term that does is below e^-87 of the total. A score far above the own key's
+                # can overflow float32 (s_ij - s_ii > 88) or make 1/total subnormal, so a block
+                # with a total beyond 1e30 (or inf, or nan) is done again with the row max.
                 own = xp.diagonal(scores, offset=offset + q0, axis1=-2, axis2=-1)[..., None]
                 scores -= own.copy()                                    # (b, H, q1-q0, 1)
                 with xp.errstate(over="ignore"):  # an overflow is caught just below
                     xp.exp(scores, out=scores)
                 total = xp.einsum("...k->...", scores)[..., None]       # (einsum: 4x a .sum here)
-                if not xp.isfinite(total).all():
+                if not (total < 1e30).all():
                     compute_scores()
                     scores -= scores.max(axis=-1, keepdims=True)
                     xp.exp(scores, out=scores)
