@@ -169,16 +169,28 @@ def numpy_causal_attention(q, k, v):
     return out
 
 
-@pytest.mark.parametrize("Tq, Tk", [(6, 6), (5, 8), (256, 256)])  # (256: four query blocks)
-def test_causal_attention_float32_survives_scores_far_above_the_own_key(Tq, Tk):
-    # The forward subtracts each query's score for its own key before exp. Here every query
-    # scores key 0 at 450 and its own key at 0, so e^(450) overflows float32: the block must be
-    # redone with the row max, giving (nearly) all weight to key 0.
+# The forward's softmax subtracts each query's score for its own key, instead of the row max, when
+# a query block has at least 256 rows (batch x heads x queries); these shapes have that many.
+MANY_ROWS = [(32, 16, 16), (64, 5, 8), (8, 256, 256)]  # (heads, Tq, Tk): cached keys; 4 query blocks
+
+
+@pytest.mark.parametrize("H, Tq, Tk", MANY_ROWS)
+def test_causal_attention_many_rows_matches_loops(H, Tq, Tk):
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.standard_normal((1, H, T, 4)) for T in (Tq, Tk, Tk))
+    out = F.causal_attention(Tensor(q), Tensor(k), Tensor(v)).data
+    np.testing.assert_allclose(out, numpy_causal_attention(q, k, v), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("H, Tq, Tk", MANY_ROWS + [(2, 6, 6)])  # (2, 6, 6): few rows, the row max
+def test_causal_attention_float32_survives_scores_far_above_the_own_key(H, Tq, Tk):
+    # Every query scores key 0 at 450 and its own key at 0, so e^(450 - 0) overflows float32: the
+    # block must be redone with the row max, giving (nearly) all weight to key 0.
     rng = np.random.default_rng(0)
-    q = np.zeros((1, 2, Tq, 4), np.float32)
-    k = np.zeros((1, 2, Tk, 4), np.float32)
+    q = np.zeros((1, H, Tq, 4), np.float32)
+    k = np.zeros((1, H, Tk, 4), np.float32)
     q[..., 0], k[:, :, 0, 0] = 30.0, 30.0                      # s_i0 = 30 * 30 / sqrt(4) = 450
-    v = rng.standard_normal((1, 2, Tk, 4)).astype(np.float32)
+    v = rng.standard_normal((1, H, Tk, 4)).astype(np.float32)
     out = F.causal_attention(Tensor(q), Tensor(k), Tensor(v)).data
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out, numpy_causal_attention(q.astype(np.float64), k.astype(np.float64),

@@ -8,6 +8,7 @@ import pytest
 from tinygrad_llama import functional as F, parallel
 from tinygrad_llama.model import Llama, LlamaConfig
 from tinygrad_llama.optim import AdamW, clip_grad_norm
+from tinygrad_llama.tensor import Tensor
 
 
 @pytest.fixture
@@ -104,6 +105,22 @@ def test_training_steps_are_bit_identical_for_any_worker_count(workers):
     assert state_1.keys() == state_2.keys()
     for name in state_1:
         assert np.array_equal(state_1[name], state_2[name]), name
+
+
+def test_attention_rows_redone_with_their_max_are_the_same_for_any_worker_count(workers):
+    # 64 heads x 5 queries: the softmax shifts rows by the own key's score, and redoes with the
+    # row max only the rows whose total overflows (head 3's here). With 2 or 3 workers the heads
+    # are split, so one thread sees such a row and the others do not; the bits must not change.
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal((1, 64, T, 4)).astype(np.float32) for T in (5, 8, 8))
+    q[0, 3, :, 0], k[0, 3, 0, 0] = 30.0, 30.0                  # head 3: key 0 scores ~450
+    outs = {}
+    for n_workers in (1, 2, 3):
+        workers(n_workers)
+        outs[n_workers] = F.causal_attention(Tensor(q), Tensor(k), Tensor(v)).data
+    assert np.isfinite(outs[1]).all()
+    np.testing.assert_allclose(outs[1][0, 3], np.broadcast_to(v[0, 3, 0], (5, 4)), rtol=1e-6)
+    assert np.array_equal(outs[1], outs[2]) and np.array_equal(outs[1], outs[3])
 
 
 # ---- products computed later (weight gradients) ---------------------------------------------------

@@ -263,19 +263,29 @@ class CausalAttention(Function):
 
                 compute_scores()
                 # softmax, in place. It is the same for any constant c_i taken off row i; the
-                # usual c_i is the row's max, but a max along short rows costs more than the rest
-                # of the softmax. Query i always sees its own key, so c_i = s_ii (a diagonal,
-                # copied out) keeps the row's largest exp >= 1: the total never underflows, and
-                # a term that does is below e^-87 of the total. A score far above the own key's
-                # can overflow float32 (s_ij - s_ii > 88) or make 1/total subnormal, so a block
-                # with a total beyond 1e30 (or inf, or nan) is done again with the row max.
-                own = xp.diagonal(scores, offset=offset + q0, axis1=-2, axis2=-1)[..., None]
-                scores -= own.copy()                                    # (b, H, q1-q0, 1)
-                with xp.errstate(over="ignore"):  # an overflow is caught just below
-                    xp.exp(scores, out=scores)
-                total = xp.einsum("...k->...", scores)[..., None]       # (einsum: 4x a .sum here)
-                if not (total < 1e30).all():
-                    compute_scores()
+                # usual c_i is the row's max, but a max along short rows costs 40-80 ns a row,
+                # more than the rest of the softmax when there are thousands of rows (training).
+                # Query i always sees its own key, so c_i = s_ii (a diagonal, copied out) keeps
+                # the row's largest exp >= 1: the total never underflows, and a term that does is
+                # below e^-87 of the total. A score far above the own key's can overflow float32
+                # (s_ij - s_ii > 88) or make 1/total subnormal: a row whose total is beyond 1e30
+                # (or inf, or nan) is done again with its max. Each row's shift depends on that
+                # row alone, so results do not depend on the number of threads. With few rows
+                # (one query per head in generation) the max is cheaper than the extra calls.
+                if B * H * (q1 - q0) >= 256:  # rows of the whole block, not of this chunk
+                    own = xp.diagonal(scores, offset=offset + q0, axis1=-2, axis2=-1)[..., None]
+                    own = own.copy()                                    # (b, H, q1-q0, 1)
+                    scores -= own
+                    with xp.errstate(over="ignore"):  # an overflow is caught just below
+                        xp.exp(scores, out=scores)
+                    total = xp.einsum("...k->...", scores)[..., None]   # (einsum: 4x a .sum here)
+                    redo = ~(total < 1e30)
+                    if redo.any():
+                        compute_scores()
+                        scores -= xp.where(redo, scores.max(axis=-1, keepdims=True), own)
+                        xp.exp(scores, out=scores)
+                        total = xp.einsum("...k->...", scores)[..., None]
+                else:
                     scores -= scores.max(axis=-1, keepdims=True)
                     xp.exp(scores, out=scores)
                     total = xp.einsum("...k->...", scores)[..., None]
