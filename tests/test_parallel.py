@@ -139,10 +139,22 @@ def test_matmul_later_gives_the_product_after_wait_later(workers, n_workers):
         assert np.array_equal(out, a @ b)
 
 
+def test_small_work_stays_in_the_calling_thread(workers):
+    # below parallel.HANDOFF_FLOP a hand-off costs more than the work: no pool thread is used
+    workers(2)
+    small = parallel.matmul_later(np.ones((64, 64), np.float32), np.ones((64, 64), np.float32))
+    assert not parallel.pending(small)
+    assert np.array_equal(small, np.full((64, 64), 64.0, np.float32))
+    threads = set()
+    parallel.run_tasks(lambda i: threads.add(threading.get_ident()), 8, max_workers=1)
+    assert threads == {threading.get_ident()}
+
+
 def test_wait_later_reraises_a_failed_product(workers):
     workers(2)
-    bad = parallel.matmul_later(np.ones((2, 3), np.float32), np.ones((4, 5), np.float32))
-    assert bad.shape == (2, 5)
+    # big enough to be handed to the pool (parallel.HANDOFF_FLOP), so the error comes later
+    bad = parallel.matmul_later(np.ones((200, 300), np.float32), np.ones((400, 100), np.float32))
+    assert bad.shape == (200, 100)
     with pytest.raises(ValueError):
         parallel.wait_later()
     parallel.wait_later()  # nothing left over
@@ -153,8 +165,8 @@ def _gradients(n_workers, build):
     from tinygrad_llama.tensor import Tensor
     parallel.set_num_workers(n_workers)
     rng = np.random.default_rng(6)
-    x = Tensor(rng.standard_normal((600, 16)), requires_grad=True)   # 600 rows: several blocks
-    w = Tensor(rng.standard_normal((16, 16)), requires_grad=True)
+    x = Tensor(rng.standard_normal((600, 64)), requires_grad=True)   # 600 rows: several blocks
+    w = Tensor(rng.standard_normal((64, 64)), requires_grad=True)     # dW: 4.9 MFLOP, on the pool
     y = build(x, w)
     y.backward(rng.standard_normal(y.shape))
     assert not parallel.pending(w.grad)

@@ -13,7 +13,7 @@ from functools import lru_cache
 
 from .backend import xp
 from .ops import sigmoid_array
-from .parallel import run_chunks, run_blocks, run_tasks, row_blocks, elementwise_rows
+from .parallel import run_chunks, run_blocks, run_tasks, row_blocks, elementwise_rows, HANDOFF_FLOP
 from .parallel import matmul as mm, matmul_later as mm_later  # 2-D products on the pool
 from .tensor import Function, Tensor
 
@@ -215,6 +215,14 @@ def _batch_axis(q):
     return 0 if q.shape[0] > 1 else 1
 
 
+def _min_chunk(q, k, axis):
+    """min_items for run_chunks over `axis`: each thread gets at least HANDOFF_FLOP of the forward's
+    two products (q k^T, P v), so one query per head (generation) stays in one thread."""
+    B, H, Tq, D = q.shape
+    per_item = 4 * B * H * Tq * k.shape[-2] * D // q.shape[axis]
+    return -(-HANDOFF_FLOP // max(1, per_item))
+
+
 def _transposed_like(shape, dtype):
     """An array shaped (B, H, T, D) whose memory is laid out as (B, T, H, D): the caller's
     `permute(0, 2, 1, 3)` back to (B, T, H, D) then gives a contiguous array, so the reshape to
@@ -293,7 +301,7 @@ class CausalAttention(Function):
                 scores *= total
                 xp.matmul(scores, vs[..., :k_end, :], out=os_[..., q0:q1, :])  # P v
 
-        run_chunks(chunk, q.shape[axis])
+        run_chunks(chunk, q.shape[axis], _min_chunk(q, k, axis))
         ctx.scale = scale
         ctx.save_for_backward(q, k, v, probs, out)
         return out                                                      # (B, H, Tq, D)
@@ -349,7 +357,7 @@ class CausalAttention(Function):
                     dks[..., :k_end, :] += ds_t @ qs[..., q0:q1, :]
             dks *= scale                                                 # dk = scale dS^T q
 
-        run_chunks(chunk, q.shape[axis])
+        run_chunks(chunk, q.shape[axis], _min_chunk(q, k, axis))
         return dq, dk, dv
 
 

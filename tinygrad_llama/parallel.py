@@ -43,7 +43,12 @@ from contextlib import contextmanager
 
 __all__ = ["num_workers", "set_num_workers", "run_chunks", "small_products", "matmul", "matmul_many", "run_blocks",
            "row_blocks", "run_tasks",
-           "elementwise_rows", "matmul_later", "pending", "wait_later"]
+           "elementwise_rows", "matmul_later", "pending", "wait_later", "HANDOFF_FLOP"]
+
+# Work smaller than this (in FLOP of matrix products) stays in the calling thread: handing it to
+# another thread costs 22-31 us on the development VM (the sleeping thread's wake-up), about as
+# long as 2 MFLOP of products take.
+HANDOFF_FLOP = 1 << 21
 
 
 def _cpu_count():
@@ -146,6 +151,10 @@ def _get_pool():
 @contextmanager
 def small_products():
     """Within this block BLAS products use one BLAS thread (the count is restored after)."""
+    if num_workers() > 1:
+        # the pool keeps BLAS at one thread for as long as it exists: made now, nothing is
+        # switched back and forth (switching up wakes BLAS's idle threads, which then spin)
+        _get_pool()
     control = _blas_control()
     previous = control[0]() if control is not None and _pool is None else 1
     if previous == 1:  # no BLAS control, or a pool exists and BLAS is at one thread already
@@ -167,12 +176,13 @@ def run_chunks(fn, n, min_items=1):
     run_tasks(lambda i: fn(bounds[i], bounds[i + 1]), chunks)
 
 
-def run_tasks(fn, n):
+def run_tasks(fn, n, max_workers=None):
     """Call fn(i) for every i in range(n) and wait for all: the calling thread and the pool threads
     each take the next task not yet started, so unequal tasks still keep every thread busy (put
     the big ones first). Which thread runs a task never changes what it computes. The first
-    exception is re-raised after every started task has finished."""
-    workers = min(num_workers(), n)
+    exception is re-raised after every started task has finished. `max_workers=1` runs every task
+    in the calling thread."""
+    workers = min(num_workers(), n, max_workers or n)
     if workers <= 1:
         with small_products():
             for i in range(n):
@@ -223,7 +233,7 @@ def matmul_later(a, b):
     reads, adds to or passes on such an array, and before it returns."""
     from .backend import xp
     out = xp.empty((a.shape[0], b.shape[1]), dtype=xp.result_type(a.dtype, b.dtype))
-    if num_workers() == 1:
+    if num_workers() == 1 or 2 * a.shape[0] * a.shape[1] * b.shape[1] < HANDOFF_FLOP:
         with small_products():
             xp.matmul(a, b, out=out)
         return out
@@ -299,19 +309,20 @@ def matmul_many(pairs):
     than one `matmul` each), the biggest blocks first. Blocks as in `matmul`: bit-identical for
     any number of workers."""
     from .backend import xp
-    outs, tasks = [], []
+    outs, tasks, flop = [], [], 0
     for a, b in pairs:
         out = xp.empty((a.shape[0], b.shape[1]), dtype=xp.result_type(a.dtype, b.dtype))
         outs.append(out)
         work = a.shape[1] * b.shape[1]  # per output row
         tasks += [((hi - lo) * work, a, b, out, lo, hi) for lo, hi in row_blocks(a.shape[0])]
+        flop += 2 * a.shape[0] * work
     tasks.sort(key=lambda task: -task[0])
 
     def run(i):
         _, a, b, out, lo, hi = tasks[i]
         xp.matmul(a[lo:hi], b, out=out[lo:hi])
 
-    run_tasks(run, len(tasks))
+    run_tasks(run, len(tasks), max_workers=1 if flop < HANDOFF_FLOP else None)
     return outs
 
 
