@@ -7,7 +7,8 @@ that loops over them uses one core. `run_tasks(fn, n)` calls fn(i) for each i in
 calling thread and the pool threads (workers - 1 of them) each take the next task not yet started.
 `run_chunks(fn, n)` runs `fn(start, stop)` that way over contiguous, disjoint chunks of range(n),
 `run_blocks` over fixed row blocks. NumPy releases the GIL inside matmul and inside ufuncs on
-large arrays, so the tasks run on different cores at the same time.
+large arrays, so the tasks run on different cores at the same time. Waking a pool thread costs
+tens of microseconds, so products smaller than HANDOFF_FLOP stay in the calling thread.
 
 Weight gradients are not needed until the optimizer runs, so `matmul_later(a, b)` starts a product
 on a pool thread and returns its (not yet filled) output at once: Linear and SwiGLU compute dW that
