@@ -280,21 +280,21 @@ class CausalAttention(Function):
                 # (or inf, or nan) is done again with its max. Each row's shift depends on that
                 # row alone, so results do not depend on the number of threads. With few rows
                 # (one query per head in generation) the max is cheaper than the extra calls.
+                shift = None  # set when the row max is needed (few rows, or a row to redo)
                 if B * H * (q1 - q0) >= 256:  # rows of the whole block, not of this chunk
-                    own = xp.diagonal(scores, offset=offset + q0, axis1=-2, axis2=-1)[..., None]
-                    own = own.copy()                                    # (b, H, q1-q0, 1)
-                    scores -= own
+                    own = xp.diagonal(scores, offset=offset + q0, axis1=-2, axis2=-1)[..., None].copy()
+                    scores -= own                                       # (b, H, q1-q0, 1)
                     with xp.errstate(over="ignore"):  # an overflow is caught just below
                         xp.exp(scores, out=scores)
                     total = xp.einsum("...k->...", scores)[..., None]   # (einsum: 4x a .sum here)
                     redo = ~(total < 1e30)
                     if redo.any():
                         compute_scores()
-                        scores -= xp.where(redo, scores.max(axis=-1, keepdims=True), own)
-                        xp.exp(scores, out=scores)
-                        total = xp.einsum("...k->...", scores)[..., None]
+                        shift = xp.where(redo, scores.max(axis=-1, keepdims=True), own)
                 else:
-                    scores -= scores.max(axis=-1, keepdims=True)
+                    shift = scores.max(axis=-1, keepdims=True)
+                if shift is not None:
+                    scores -= shift
                     xp.exp(scores, out=scores)
                     total = xp.einsum("...k->...", scores)[..., None]
                 xp.divide(1.0, total, out=total)
