@@ -152,7 +152,7 @@ def _get_pool():
 @contextmanager
 def small_products():
     """Within this block BLAS products use one BLAS thread (the count is restored after)."""
-    if num_workers() > 1:
+    if _pool is None and num_workers() > 1:
         # the pool keeps BLAS at one thread for as long as it exists: made now, nothing is
         # switched back and forth (switching up wakes BLAS's idle threads, which then spin)
         _get_pool()
