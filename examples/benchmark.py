@@ -458,7 +458,6 @@ def main():
 
     measure_peak()  # before and after the training runs, the best of both
     for cname in configs:
-        cfg = CONFIGS[cname]
         for threads in args.threads:
             run = {"config": cname, "threads": threads}
             kinds = ["ours"] + (["torch", "torch_sdpa"] if use_torch else [])

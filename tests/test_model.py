@@ -9,12 +9,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from tinygrad_llama import functional as F
-from tinygrad_llama import model as model_module
 from tinygrad_llama.checkpoint import save_checkpoint, load_checkpoint, rng_state_to_json, rng_from_json
 from tinygrad_llama.gradcheck import GradcheckError, directional_gradcheck
 from tinygrad_llama.model import Llama, LlamaConfig, sample_next
 from tinygrad_llama.optim import AdamW, clip_grad_norm
-from tinygrad_llama.tensor import Tensor, is_grad_enabled
+from tinygrad_llama.tensor import is_grad_enabled
 
 
 def tiny(**overrides):

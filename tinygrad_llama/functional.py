@@ -12,7 +12,6 @@ import math
 from functools import lru_cache
 
 from .backend import xp
-from .ops import sigmoid_array
 from .parallel import run_chunks, run_blocks, run_tasks, row_blocks, elementwise_rows, HANDOFF_FLOP
 from .parallel import matmul as mm, matmul_later as mm_later  # 2-D products on the pool
 from .tensor import Function, Tensor
