@@ -29,6 +29,11 @@ Per config and thread count it measures:
     attention products (q k^T and P v, 2 * T * D each per token and layer forward) times 3,
     counted over the full T x T square (the causal half is not subtracted, as in common MFU
     accounting). MFU is that over the measured NumPy matmul peak.
+Then a budget per config: the step's matrix products alone (step_products: each as one NumPy call
+on contiguous operands in cache, one thread; N threads are credited with perfect scaling, 1/N)
+against the step time a target ratio allows (TARGETS: PyTorch's best step / target). What is left
+is all the time that everything else in the step (norms, activations, softmax, RoPE, the
+optimizer, the engine) may take; the table puts it beside what the rest takes in our step now.
 With --profile, our engine's run also times every Function's forward and backward (wrapped with a
 timer, which adds about a microsecond per call) and prints them per step, with the optimizer and
 the rest (the engine's own Python: graph records, the backward walk, gradient bookkeeping).
@@ -60,6 +65,7 @@ CONFIGS = {
     "tiny":   dict(dim=64, context=32, batch=8, n_layers=2, n_heads=4, vocab_size=100),
 }
 LR, CLIP = 1e-3, 1.0
+TARGETS = {"seed": 1.3, "laptop": 1.0, "wide": 0.9}  # tokens/s ours over the best PyTorch variant
 
 
 # ---- shared helpers ------------------------------------------------------------------------------
@@ -74,6 +80,23 @@ def flop_per_token(cfg, model_config):
     per_layer = D * D + 2 * D * kv + D * D + 3 * D * F     # wq, wk, wv, wo, w1, w2, w3
     P = L * per_layer + V * D                             # + the output projection
     return 6 * P + 12 * L * T * D
+
+
+def step_products(cfg, model_config):
+    """The matrix products of one training step as (batch, m, k, n): `batch` independent
+    (m, k) @ (k, n) products. Their FLOPs, 2 * batch * m * k * n summed, are flop_per_token * N.
+    Every Linear-like layer y = x W^T (x: N x in, W: out x in) is three products: y, dx = dy W and
+    dW = dy^T x. Attention is six per layer, over the B * H heads: q k^T and P v forward; P^T dO
+    (dv), dO v^T (dP), dS k (dq) and dS^T q (dk) backward."""
+    B, T, D, V = cfg["batch"], cfg["context"], cfg["dim"], cfg["vocab_size"]
+    N, H, Dh = B * T, model_config.n_heads, model_config.head_dim
+    kv, F = model_config.n_kv_heads * Dh, model_config.ffn_hidden
+    layer = [(D, D), (D, kv), (D, kv), (D, D), (D, F), (D, F), (F, D)]  # (in, out): wq..wo, w1, w3, w2
+    products = []
+    for d_in, d_out in layer * cfg["n_layers"] + [(D, V)]:
+        products += [(1, N, d_in, d_out), (1, N, d_out, d_in), (1, d_out, N, d_in)]
+    attention = [(B * H, T, Dh, T), (B * H, T, T, Dh)] * 3  # each of its shapes three times
+    return products + attention * cfg["n_layers"]
 
 
 def make_config(cfg):
@@ -310,6 +333,30 @@ def worker_peak(quick):
     return {"gflops": best, "detail": detail}
 
 
+def worker_floor(cfg):
+    """The step's matrix products alone (step_products), each as one NumPy call on contiguous
+    operands that are already in cache, summed: about the least time these products can take in
+    NumPy at this thread count, before anything else in the step is counted."""
+    import numpy as np
+    from collections import Counter
+    rng = np.random.default_rng(0)
+    total = 0.0
+    for (batch, m, k, n), count in Counter(step_products(cfg, make_config(cfg))).items():
+        lead = (batch,) if batch > 1 else ()
+        a = rng.standard_normal(lead + (m, k), dtype=np.float32)
+        b = rng.standard_normal(lead + (k, n), dtype=np.float32)
+        out = np.matmul(a, b)
+        reps = max(3, int(2e8 / (2 * batch * m * k * n)))  # about 20 ms per measurement
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                np.matmul(a, b, out=out)
+            best = min(best, (time.perf_counter() - t0) / reps)
+        total += count * best
+    return {"products_ms": total * 1e3}
+
+
 def worker_generate(quick):
     """Tokens/s generating from a 1-token prompt to context 256 (laptop width), with the KV cache
     (model.generate_stream) and without (the whole window re-run for every new token)."""
@@ -368,6 +415,8 @@ def run_worker(args):
         r = worker_torch(cfg, args.steps, args.warmup, args.threads[0], args.worker == "torch_sdpa")
     elif args.worker == "peak":
         r = worker_peak(args.quick)
+    elif args.worker == "floor":
+        r = worker_floor(cfg)
     elif args.worker == "generate":
         r = worker_generate(args.quick)
     elif args.worker == "clean":
@@ -448,7 +497,7 @@ def main():
     print(f"# tinygrad_llama benchmark  ({platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, steps {args.steps} after "
           f"{args.warmup} warm-up, best of {args.rounds} interleaved round(s))\n")
-    results = {"peak": {}, "runs": []}
+    results = {"peak": {}, "runs": [], "floor": {}}
     def measure_peak():
         for threads in args.threads:
             r = spawn("peak", threads, quick=args.quick)
@@ -475,6 +524,8 @@ def main():
                                 if run.get(k)), flush=True)
 
     measure_peak()
+    for cname in configs:  # one thread; a thread count N is credited with perfect scaling, 1/N
+        results["floor"][cname] = spawn("floor", 1, cname, args.steps, args.warmup)
     print("\n## Training throughput (tokens/s; median step after warm-up)\n")
     print("| config | threads | ours tok/s | PyTorch tok/s (explicit / SDPA) | ratio ours/best PyTorch "
           "| ours GFLOP/s | MFU (of NumPy matmul peak) | peak RSS MB ours / PyTorch |")
@@ -501,6 +552,25 @@ def main():
         print(f"| {run['config']} | {run['threads']} | {split(o)} | {split(t)} | "
               f"{split(run.get('torch_sdpa'))} | {fmt(o and o['first_loss'], '.4f')} / "
               f"{fmt(t and t['first_loss'], '.4f')} |")
+    print("\n## Budget (ms per step): the products alone against the step a target allows\n")
+    print("Products alone: every matrix product of the step, each one NumPy call on operands in "
+          "cache, one thread, divided by the thread count (as if it scaled perfectly). What is "
+          "left of the target's step is all the rest may take: norms, activations, softmax, RoPE, "
+          "optimizer, the engine.\n")
+    print("| config | threads | target | PyTorch best | step at target | ours | products alone "
+          "| left for the rest at target | the rest now |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for run in results["runs"]:
+        o, floor = run["ours"], results["floor"].get(run["config"])
+        if not o or not floor:
+            continue
+        products = floor["products_ms"] / run["threads"]
+        target = TARGETS.get(run["config"])
+        best = min([r["step_ms"] for r in (run.get("torch"), run.get("torch_sdpa")) if r] or [0]) or None
+        allowed = best / target if best and target else None
+        print(f"| {run['config']} | {run['threads']} | {fmt(target, '.1f')} | {fmt(best, '.1f')} | "
+              f"{fmt(allowed, '.1f')} | {o['step_ms']:.1f} | {products:.1f} | "
+              f"{fmt(allowed and allowed - products, '.1f')} | {o['step_ms'] - products:.1f} |")
     for run in results["runs"]:
         o = run["ours"]
         if o and o.get("profile"):

@@ -28,6 +28,25 @@ def test_benchmark_profiles_a_tiny_run(tmp_path):
     inside = sum(ms for ms, _ in rows.values())
     assert 0 < inside < run["step_ms"]  # the Functions are part of the step, not more
     assert f"| (all Functions) | {inside:.2f} | |" in out
+    # the budget row: no target for tiny, no PyTorch; the products alone are part of the step
+    budget = re.search(r"^\| tiny \| 1 \| - \| - \| - \| ([\d.]+) \| ([\d.]+) \| - \| (-?[\d.]+) \|$",
+                       out, re.M)
+    assert budget, out
+    step, products, rest = map(float, budget.groups())
+    assert products > 0 and abs(step - products - rest) < 0.11
+
+
+def test_step_products_add_up_to_the_flop_formula():
+    # the products the budget times are the ones the FLOP formula counts, for every config
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    try:
+        import benchmark
+    finally:
+        sys.path.remove(os.path.join(ROOT, "examples"))
+    for cfg in benchmark.CONFIGS.values():
+        mc = benchmark.make_config(cfg)
+        flop = sum(2 * batch * m * k * n for batch, m, k, n in benchmark.step_products(cfg, mc))
+        assert flop == benchmark.flop_per_token(cfg, mc) * cfg["batch"] * cfg["context"]
 
 
 def test_benchmark_compares_with_pytorch_when_installed():
