@@ -36,7 +36,10 @@ is all the time that everything else in the step (norms, activations, softmax, R
 optimizer, the engine) may take; the table puts it beside what the rest takes in our step now.
 With --profile, our engine's run also times every Function's forward and backward (wrapped with a
 timer, which adds about a microsecond per call) and prints them per step, with the optimizer and
-the rest (the engine's own Python: graph records, the backward walk, gradient bookkeeping).
+the rest (the engine's own Python: graph records, the backward walk, gradient bookkeeping). With
+one thread it then runs one more, untimed step in which every Function call is repeated with the
+same inputs, now in cache, and prints that time beside each (the "ms in cache" column) and the step
+time that would follow if every Function ran at that speed.
 Then, once: generation tokens/s at context 256 with and without the KV cache, and data_tools
 clean MB/s on a generated Posts.xml (or the bundled sample when that generator is not there).
 
@@ -123,13 +126,21 @@ def summarize(times, cfg):
 
 
 # ---- workers (each runs in its own process) ------------------------------------------------------
+HOT_REPEATS = 3
+
+
 def time_functions():
     """Wrap the forward and backward of every Function in ops.py and functional.py with a timer.
-    Returns the dict {"Name.forward" | "Name.backward": [seconds, calls]} that they add to."""
+    Returns the dict {"Name.forward" | "Name.backward": [seconds, calls]} that they add to, and
+    the dict `hot`: while hot["on"] is true, each call is repeated HOT_REPEATS more times with the
+    same arguments (its inputs and weights now in cache) and the best repeat is added to
+    hot["Name.forward"]. Repeats are only safe in one thread: Functions do not change their
+    inputs, but a repeated backward would hand weight-gradient products to the pool again."""
     from collections import defaultdict
     from tinygrad_llama import functional, ops
     from tinygrad_llama.tensor import Function
     totals = defaultdict(lambda: [0.0, 0])
+    hot = defaultdict(float)
 
     def timed(fn, key):
         def run(*args, **kwargs):
@@ -140,6 +151,13 @@ def time_functions():
                 entry = totals[key]
                 entry[0] += time.perf_counter() - t0
                 entry[1] += 1
+                if hot["on"]:
+                    best = float("inf")
+                    for _ in range(HOT_REPEATS):
+                        t0 = time.perf_counter()
+                        fn(*args, **kwargs)
+                        best = min(best, time.perf_counter() - t0)
+                    hot[key] += best
         return staticmethod(run)
 
     for module in (ops, functional):
@@ -147,15 +165,16 @@ def time_functions():
             if isinstance(cls, type) and issubclass(cls, Function) and "forward" in vars(cls):
                 cls.forward = timed(cls.forward, cls.__name__ + ".forward")
                 cls.backward = timed(cls.backward, cls.__name__ + ".backward")
-    return totals
+    return totals, hot
 
 
 def worker_ours(cfg, steps, warmup, profile=False):
     from tinygrad_llama.backend import keep_freed_memory
     from tinygrad_llama.model import Llama
     from tinygrad_llama.optim import AdamW, clip_grad_norm
+    from tinygrad_llama.parallel import num_workers
     keep_freed_memory()  # as the Trainer does
-    totals = time_functions() if profile else None
+    totals, hot = time_functions() if profile else (None, None)
     mc = make_config(cfg)
     model = Llama(mc, seed=0)
     opt = AdamW(model.named_parameters(), lr=LR, betas=(0.9, 0.95), weight_decay=0.1)
@@ -182,6 +201,11 @@ def worker_ours(cfg, steps, warmup, profile=False):
     if totals is not None:  # [name, ms per step, calls per step], the most expensive first
         r["profile"] = sorted(([k, v[0] * 1e3 / steps, v[1] / steps] for k, v in totals.items()),
                               key=lambda row: -row[1])
+        if num_workers() == 1:  # one more step, untimed: every Function again, in cache
+            hot["on"] = True
+            model.loss(*data[-1]).backward()
+            hot["on"] = False
+            r["hot"] = {k: v * 1e3 for k, v in hot.items() if k != "on"}
     r.update(first_loss=losses[0], last_loss=losses[-1], rss_mb=peak_rss_mb(),
              flop_per_token=flop_per_token(cfg, mc))
     return r
@@ -455,6 +479,10 @@ def torch_available():
         return False
 
 
+def cfg_tokens(name):
+    return CONFIGS[name]["batch"] * CONFIGS[name]["context"]
+
+
 def fmt(x, spec=",.0f"):
     return "-" if x is None else format(x, spec)
 
@@ -578,14 +606,23 @@ def main():
             inside = sum(row[1] for row in o["profile"])
             print(f"\n### Where a step goes: {run['config']}, {run['threads']} thread(s) "
                   f"(median step {step_ms:.1f} ms; ms per step, calls per step)\n")
-            print("| Function | ms | calls |\n|---|---|---|")
+            hot = o.get("hot") or {}
+            print("| Function | ms | calls | ms in cache |\n|---|---|---|---|")
             for name, ms, calls in o["profile"]:
                 if ms >= 0.005:
-                    print(f"| {name} | {ms:.2f} | {calls:g} |")
-            print(f"| (all Functions) | {inside:.2f} | |")
-            print(f"| (optimizer: clip + AdamW) | {o['opt_ms']:.2f} | |")
+                    print(f"| {name} | {ms:.2f} | {calls:g} | {fmt(hot.get(name), '.2f')} |")
+            in_cache = sum(hot.values()) if hot else None
+            print(f"| (all Functions) | {inside:.2f} | | {fmt(in_cache, '.2f')} |")
+            print(f"| (optimizer: clip + AdamW) | {o['opt_ms']:.2f} | | |")
             print(f"| (the rest: the engine's own Python, data) | "
-                  f"{step_ms - inside - o['opt_ms']:.2f} | |")
+                  f"{step_ms - inside - o['opt_ms']:.2f} | | |")
+            if hot:
+                best_step = step_ms - inside + in_cache
+                print(f"\nIn cache: each Function call repeated {HOT_REPEATS} times with the same "
+                      f"inputs, the best kept (one more step, not timed above). A step whose every "
+                      f"Function ran at that speed, with the optimizer and the rest as measured, "
+                      f"would take {best_step:.1f} ms: "
+                      f"{cfg_tokens(run['config']) / best_step * 1e3:,.0f} tokens/s.")
     print("\nNumPy float32 matmul peak: " + ", ".join(
         f"{th} thread(s) {r['gflops']:.0f} GFLOP/s {r['detail']}" for th, r in results["peak"].items() if r))
     print("FLOP per token = 6 * P + 12 * L * T * D (P: non-embedding matrix parameters incl. the "

@@ -27,7 +27,12 @@ def test_benchmark_profiles_a_tiny_run(tmp_path):
     assert rows["CrossEntropy.forward"][1] == 1
     inside = sum(ms for ms, _ in rows.values())
     assert 0 < inside < run["step_ms"]  # the Functions are part of the step, not more
-    assert f"| (all Functions) | {inside:.2f} | |" in out
+    # one thread: every Function was also timed in cache, in an extra step of its own
+    assert set(run["hot"]) == set(rows) and all(ms > 0 for ms in run["hot"].values())
+    in_cache = sum(run["hot"].values())
+    assert f"| (all Functions) | {inside:.2f} | | {in_cache:.2f} |" in out
+    assert re.search(r"^\| SwiGLU\.forward \| [\d.]+ \| 2 \| [\d.]+ \|$", out, re.M), out
+    assert re.search(r"would take [\d.]+ ms: [\d,]+ tokens/s\.$", out, re.M), out
     # the budget row: no target for tiny, no PyTorch; the products alone are part of the step
     budget = re.search(r"^\| tiny \| 1 \| - \| - \| - \| ([\d.]+) \| ([\d.]+) \| - \| (-?[\d.]+) \|$",
                        out, re.M)
