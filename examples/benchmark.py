@@ -359,8 +359,10 @@ def worker_peak(quick):
 
 def worker_floor(cfg):
     """The step's matrix products alone (step_products), each as one NumPy call on contiguous
-    operands that are already in cache, summed: about the least time these products can take in
-    NumPy at this thread count, before anything else in the step is counted."""
+    operands that are already in cache, in one thread, summed: about the least time these
+    products take in NumPy, before anything else in the step is counted. Attention is counted
+    over the full T x T square, as in the FLOP formula; from 256 queries on our attention skips
+    the all-masked blocks, so for `wide` this floor is a little above what our products need."""
     import numpy as np
     from collections import Counter
     rng = np.random.default_rng(0)
