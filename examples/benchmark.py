@@ -506,7 +506,13 @@ def main():
                         "little overhead to every op) and print where a step's time goes")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
-    args.threads = [int(t) for t in args.threads.split(",")]
+    given = args.threads
+    try:
+        args.threads = [int(t) for t in given.split(",")]
+    except ValueError:
+        args.threads = []
+    if not args.threads or min(args.threads) < 1:
+        p.error(f"argument --threads: expected positive thread counts like 2,1, got {given!r}")
     if args.steps is None:
         args.steps = 5 if args.quick else 20
     if args.rounds is None:

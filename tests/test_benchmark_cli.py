@@ -68,3 +68,13 @@ def test_benchmark_compares_with_pytorch_when_installed():
     assert row, proc.stdout
     first = re.search(r"^\| tiny \| 1 \| .* \| (\d\.\d{4}) / (\d\.\d{4}) \|$", proc.stdout, re.M)
     assert first and first.group(1) == first.group(2)  # the same model, weights and data
+
+
+def test_benchmark_rejects_bad_arguments_in_one_line():
+    for argv, message in [(["--configs", "nope"], "unknown config 'nope'"),
+                          (["--threads", "x"], "--threads: expected positive thread counts"),
+                          (["--threads", "2,0"], "got '2,0'")]:
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "benchmark.py"), *argv],
+                              capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert proc.returncode in (1, 2), (argv, proc.returncode)
+        assert message in proc.stderr and "Traceback" not in proc.stderr, (argv, proc.stderr)
