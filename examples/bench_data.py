@@ -172,6 +172,12 @@ def main():
     parser.add_argument("--vocab-size", type=int, default=4096, help="BPE vocab size for --bpe-mb (default 4096)")
     parser.add_argument("--dir", default=None, help="where to make the temporary directory")
     args = parser.parse_args()
+    if args.size_mb < 0 or args.bpe_mb < 0:
+        parser.error(f"--size-mb and --bpe-mb must not be negative, got {args.size_mb} and {args.bpe_mb}")
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"argument --workers: need at least 1, got {args.workers}")
+    if args.bpe_mb and args.vocab_size < 257:
+        parser.error(f"argument --vocab-size: a byte-level BPE vocabulary needs at least 257, got {args.vocab_size}")
 
     result = {"load_average_before": os.getloadavg()[0]}
     if args.size_mb > 0:

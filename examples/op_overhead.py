@@ -53,10 +53,15 @@ def cases(shape):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20_000, help="iterations per measurement")
-    parser.add_argument("--shape", type=int, nargs="+", default=[4, 4])
+    parser.add_argument("--shape", type=int, nargs=2, default=[4, 4], help="a square matrix (default 4 4)")
     parser.add_argument("--profile", action="store_true", help="cProfile the engine fwd+bwd loops")
     args = parser.parse_args()
     shape = tuple(args.shape)
+    if args.n < 4:
+        parser.error(f"argument --n: need at least 4 iterations, got {args.n}")
+    if len(shape) != 2 or shape[0] != shape[1] or shape[0] < 1:
+        parser.error(f"argument --shape: need a square matrix, two equal positive sizes such as "
+                     f"4 4 (matmul multiplies it by itself), got {' '.join(map(str, shape))}")
     table, ta, tb, engine_step = cases(shape)
 
     print(f"per-op time in microseconds, {shape} float32, N={args.n}, best of 5")
