@@ -16,16 +16,22 @@ from tinygrad_llama.trainer import with_prefix
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Sample from a model trained by examples/train.py.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description="Sample from a model trained by examples/train.py.")
     p.add_argument("run_dir", help="a run directory written by examples/train.py")
-    p.add_argument("--checkpoint", choices=["best", "latest"], default="best", help="which checkpoint")
-    p.add_argument("--prompt", default="Let $n$ be a positive integer", help="text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold in (0, 1]")
-    p.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    p.add_argument("--checkpoint", choices=["best", "latest"], default="best",
+                   help="which checkpoint (default: %(default)s)")
+    p.add_argument("--prompt", default="Let $n$ be a positive integer",
+                   help="text to continue (default: %(default)r)")
+    p.add_argument("--max-new-tokens", type=int, default=200,
+                   help="tokens to generate (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.8,
+                   help="0 means greedy (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="sample among the k most likely tokens (default: all)")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="nucleus sampling threshold in (0, 1] (default: off)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed for sampling (default: a fresh one each run)")
     return p
 
 

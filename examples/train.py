@@ -40,10 +40,21 @@ TRAIN_DEFAULTS = dict(min_lr=None, weight_decay=0.1, grad_clip=1.0, seed=1337)
 DEFAULT_PROMPT = "Prove that the sum of"
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" to a flag's help only where X is a value: a flag whose default is None
+    takes the preset's value, an on/off flag is off unless given, and a help that already names
+    its default keeps its own words."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser():
     p = argparse.ArgumentParser(
         description="Train a small LLaMA on the engine. Flags left out take the preset's value.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     p.add_argument("--data", default=None,
                    help="a prepared data directory (with meta.json), a Posts.xml or .7z dump, or a "
                         "plain text file; default: the Math Stack Exchange sample bundled with data_tools")
@@ -74,11 +85,14 @@ def build_parser():
     g.add_argument("--lr", type=float, help="peak learning rate")
     g.add_argument("--min-lr", type=float, help="final learning rate (default: 10%% of --lr)")
     g.add_argument("--warmup", type=int, help="linear warmup steps")
-    g.add_argument("--weight-decay", type=float, help="AdamW decoupled weight decay (matrices only)")
-    g.add_argument("--grad-clip", type=float, help="clip the global gradient norm to this (0: off)")
+    g.add_argument("--weight-decay", type=float, help="AdamW decoupled weight decay (matrices "
+                   f"only; default: {TRAIN_DEFAULTS['weight_decay']})")
+    g.add_argument("--grad-clip", type=float, help="clip the global gradient norm to this (0: "
+                   f"off; default: {TRAIN_DEFAULTS['grad_clip']})")
     g.add_argument("--eval-interval", type=int, help="evaluate and checkpoint every N steps")
     g.add_argument("--eval-batches", type=int, help="fixed batches per evaluation")
-    g.add_argument("--seed", type=int, help="seed for weights and batches")
+    g.add_argument("--seed", type=int,
+                   help=f"seed for weights and batches (default: {TRAIN_DEFAULTS['seed']})")
     g.add_argument("--stop-after", type=int, default=None,
                    help="stop after this many steps in this process (saving latest.npz); "
                         "continue later with --resume")

@@ -24,3 +24,14 @@ def test_bad_arguments_are_one_usage_line(script, argv, message):
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stdout == ""  # nothing measured or generated
+
+
+@pytest.mark.parametrize("script", ["train.py", "generate.py"])
+def test_help_names_real_defaults_only(script):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples", script), "--help"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())  # argparse wraps lines
+    assert "default: None" not in text and "default: False" not in text
+    assert "(default: data/<name>-<tokenizer>) (default:" not in text  # not said twice either
+    assert "(default: 1337)" in text if script == "train.py" else "(default: 200)" in text
