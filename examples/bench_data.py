@@ -35,7 +35,7 @@ def sentence(rng, n):
 def inline_math(rng):
     a, b = rng.choice("xyzabn"), rng.choice("xyzabn")
     return rng.choice([f"${a}<{b}$", f"$\\frac{{{a}}}{{{b}}} > 0$", f"$|{a}-{b}| < \\epsilon$",
-                       f"$a_{{n}} \\le {a}^2$", f"$\\sum_{{k=1}}^n k = \\frac{{n(n+1)}}{{2}}$"])
+                       f"$a_{{n}} \\le {a}^2$", "$\\sum_{k=1}^n k = \\frac{n(n+1)}{2}$"])
 
 
 def html_body(rng):
