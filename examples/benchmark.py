@@ -332,6 +332,22 @@ def worker_torch(cfg, steps, warmup, threads, sdpa):
     return r
 
 
+def seconds_per_product(a, b, out, flop_budget):
+    """Seconds per np.matmul(a, b, out=out), the best of 3 runs of enough calls to do about
+    `flop_budget` FLOP (at least 3), after one warm-up call."""
+    import numpy as np
+    np.matmul(a, b, out=out)
+    flop = 2 * out.size * a.shape[-1]
+    reps = max(3, int(flop_budget / flop))
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            np.matmul(a, b, out=out)
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return best
+
+
 def worker_peak(quick):
     """Best float32 matmul GFLOP/s over a few shapes (square, and LLaMA-like tokens x width)."""
     import numpy as np
@@ -343,15 +359,7 @@ def worker_peak(quick):
     for m, k, n in shapes:
         a = rng.standard_normal((m, k), dtype=np.float32)
         b = rng.standard_normal((k, n), dtype=np.float32)
-        a @ b
-        reps = max(3, int(2e10 / (2 * m * k * n)))
-        t_best = float("inf")
-        for _ in range(3):
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                a @ b
-            t_best = min(t_best, (time.perf_counter() - t0) / reps)
-        g = 2 * m * k * n / t_best / 1e9
+        g = 2 * m * k * n / seconds_per_product(a, b, np.empty((m, n), np.float32), 2e10) / 1e9
         detail[f"{m}x{k}x{n}"] = round(g, 1)
         best = max(best, g)
     return {"gflops": best, "detail": detail}
@@ -371,15 +379,8 @@ def worker_floor(cfg):
         lead = (batch,) if batch > 1 else ()
         a = rng.standard_normal(lead + (m, k), dtype=np.float32)
         b = rng.standard_normal(lead + (k, n), dtype=np.float32)
-        out = np.matmul(a, b)
-        reps = max(3, int(2e8 / (2 * batch * m * k * n)))  # about 20 ms per measurement
-        best = float("inf")
-        for _ in range(3):
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                np.matmul(a, b, out=out)
-            best = min(best, (time.perf_counter() - t0) / reps)
-        total += count * best
+        out = np.empty(lead + (m, n), np.float32)
+        total += count * seconds_per_product(a, b, out, 2e8)  # about 20 ms per measurement
     return {"products_ms": total * 1e3}
 
 
@@ -481,8 +482,10 @@ def torch_available():
         return False
 
 
-def cfg_tokens(name):
-    return CONFIGS[name]["batch"] * CONFIGS[name]["context"]
+def fastest_torch(run):
+    """The faster of the run's two PyTorch results (explicit attention, SDPA), or None."""
+    done = [r for r in (run.get("torch"), run.get("torch_sdpa")) if r]
+    return max(done, key=lambda r: r["tok_s"]) if done else None
 
 
 def fmt(x, spec=",.0f"):
@@ -572,7 +575,7 @@ def main():
         if not o:
             continue
         gflops = o["tok_s"] * o["flop_per_token"] / 1e9
-        best = max([r["tok_s"] for r in (t, s) if r] or [0]) or None
+        best = (fastest_torch(run) or {}).get("tok_s")
         torch_rss = min([r["rss_mb"] for r in (t, s) if r] or [0]) or None
         print(f"| {run['config']} | {run['threads']} | {o['tok_s']:,.0f} | "
               f"{fmt(t and t['tok_s'])} / {fmt(s and s['tok_s'])} | "
@@ -602,7 +605,7 @@ def main():
             continue
         products = floor["products_ms"] / run["threads"]
         target = TARGETS.get(run["config"])
-        best = min([r["step_ms"] for r in (run.get("torch"), run.get("torch_sdpa")) if r] or [0]) or None
+        best = (fastest_torch(run) or {}).get("step_ms")
         allowed = best / target if best and target else None
         print(f"| {run['config']} | {run['threads']} | {fmt(target, '.1f')} | {fmt(best, '.1f')} | "
               f"{fmt(allowed, '.1f')} | {o['step_ms']:.1f} | {products:.1f} | "
@@ -630,7 +633,7 @@ def main():
                       f"inputs, the best kept (one more step, not timed above). A step whose every "
                       f"Function ran at that speed, with the optimizer and the rest as measured, "
                       f"would take {best_step:.1f} ms: "
-                      f"{cfg_tokens(run['config']) / best_step * 1e3:,.0f} tokens/s.")
+                      f"{o['tok_s'] * step_ms / best_step:,.0f} tokens/s.")
     print("\nNumPy float32 matmul peak: " + ", ".join(
         f"{th} thread(s) {r['gflops']:.0f} GFLOP/s {r['detail']}" for th, r in results["peak"].items() if r))
     print("FLOP per token = 6 * P + 12 * L * T * D (P: non-embedding matrix parameters incl. the "
