@@ -42,9 +42,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-__all__ = ["num_workers", "set_num_workers", "run_chunks", "small_products", "matmul", "matmul_many", "run_blocks",
-           "row_blocks", "run_tasks",
-           "elementwise_rows", "matmul_later", "pending", "wait_later", "HANDOFF_FLOP"]
+__all__ = ["num_workers", "set_num_workers", "run_tasks", "run_chunks", "run_blocks", "row_blocks",
+           "elementwise_rows", "small_products", "matmul", "matmul_many", "matmul_later", "pending",
+           "wait_later", "HANDOFF_FLOP"]
 
 # Work smaller than this (in FLOP of matrix products) stays in the calling thread: handing it to
 # another thread costs 22-31 us on the development VM (the sleeping thread's wake-up), about as
